@@ -61,7 +61,7 @@ class ProblemReport:
             noun = "video" if len(unique) == 1 else "videos"
             count = f"{len(ids)} in {len(unique)} {noun}" if len(ids) != len(unique) else \
                 f"{len(unique)} {noun}"
-            warnings.warn(f"{self.source}: {kind}: {count} ({shown})", DataWarning, stacklevel=3)
+            warnings.warn(f"{self.source}: {kind}: {count} ({shown})", DataWarning, stacklevel=2)
         if self.errors:
             lines = self.errors[:_SHOWN_ERRORS]
             if len(self.errors) > _SHOWN_ERRORS:
