@@ -1,0 +1,159 @@
+"""Backbones: embedding convs followed by a stem and a down-sampling branch (spec C.3-C.7).
+
+forward(x ``B×D×T``, mask ``B×1×T``, extent) -> (features, masks), one pair per pyramid level
+l = 0 … arch[2]: ``B×E×T/2^l`` and ``B×1×T/2^l``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import (ConvBlock, LayerNorm, MaskedConv1D, TransformerBlock, downsample_mask,
+                     sinusoid_position_table)
+from .models import register_backbone
+
+__all__ = ["ConvTransformerBackbone", "ConvBackbone"]
+
+Dims = Union[int, Sequence[int]]
+
+
+class _EmbeddingBackbone(nn.Module):
+    """Shared structure: the optional per-source 1×1 projection (spec A.3), the embedding convs
+    (masked conv -> LayerNorm -> ReLU, spec C.3), then ``stem`` (stride 1) and ``branch``
+    (stride ``scale_factor`` each) block lists that sub-classes build."""
+
+    def _build_embedding(self, n_in: Dims, n_embd: Dims, kernel_size: int, n_layers: int,
+                         with_ln: bool) -> int:
+        """Create ``proj``, ``embd``, ``embd_norm``; return the embedding width."""
+        self.n_in = n_in
+        if isinstance(n_in, (list, tuple)):
+            if not isinstance(n_embd, (list, tuple)) or len(n_in) != len(n_embd):
+                raise ValueError(f"a list input_dim {list(n_in)} needs an embd_dim list of the "
+                                 f"same length, got {n_embd}")
+            self.proj = nn.ModuleList([MaskedConv1D(c_in, c_out, 1)
+                                       for c_in, c_out in zip(n_in, n_embd)])
+            n_in = n_embd = sum(n_embd)
+        else:
+            self.proj = None
+        self.embd = nn.ModuleList()
+        self.embd_norm = nn.ModuleList()
+        for idx in range(n_layers):
+            self.embd.append(MaskedConv1D(n_in if idx == 0 else n_embd, n_embd, kernel_size,
+                                          bias=not with_ln))
+            self.embd_norm.append(LayerNorm(n_embd) if with_ln else nn.Identity())
+        self.relu = nn.ReLU(inplace=True)
+        return n_embd
+
+    def _embed(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        if self.proj is not None:
+            x = torch.cat([proj(part, mask)[0]
+                           for proj, part in zip(self.proj, x.split(list(self.n_in), dim=1))],
+                          dim=1)
+        for conv, norm in zip(self.embd, self.embd_norm):
+            x, mask = conv(x, mask, extent)
+            x = self.relu(norm(x))
+        return x
+
+    def _add_position(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        """Hook for position encodings added after the embedding; none by default."""
+        return x
+
+    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
+                ) -> Tuple[List[Tensor], List[Tensor]]:
+        x = self._add_position(self._embed(x, mask, extent), mask, extent)
+        for block in self.stem:
+            x, mask = block(x, mask, extent)
+        feats, masks = [x], [mask]
+        for block in self.branch:
+            x, mask = block(x, mask, extent)
+            extent = downsample_mask(extent, self.scale_factor)
+            feats.append(x)
+            masks.append(mask)
+        return feats, masks
+
+    @staticmethod
+    def _zero_biases(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv1d)) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+@register_backbone("convTransformer")
+class ConvTransformerBackbone(_EmbeddingBackbone):
+    """Embedding convs -> [absolute PE] -> ``arch[1]`` stem blocks -> ``arch[2]`` strided blocks.
+
+    Args follow the reference: ``n_in`` input channels (or per-source list), ``n_embd`` width
+    (or per-source list), ``n_head``, ``n_embd_ks`` embedding kernel, ``max_len`` (= max_seq_len,
+    length of the PE table), ``arch``, ``mha_win_size`` (one window per level, ≤ 1 = global),
+    ``scale_factor`` (branch stride), ``with_ln``, ``proj_pdrop`` (dropout), ``path_pdrop``
+    (drop-path), ``use_abs_pe``, ``use_rel_pe``.
+    """
+
+    def __init__(self, n_in: Dims, n_embd: Dims, n_head: int, n_embd_ks: int, max_len: int,
+                 arch: Sequence[int] = (2, 2, 5), mha_win_size: Sequence[int] = (-1,) * 6,
+                 scale_factor: int = 2, with_ln: bool = False, proj_pdrop: float = 0.0,
+                 path_pdrop: float = 0.0, use_abs_pe: bool = False,
+                 use_rel_pe: bool = False) -> None:
+        super().__init__()
+        if len(arch) != 3 or len(mha_win_size) != 1 + arch[2]:
+            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one window "
+                             f"per level: arch={tuple(arch)}, windows={list(mha_win_size)}")
+        self.arch = tuple(arch)
+        self.max_len = max_len
+        self.scale_factor = scale_factor
+        self.use_abs_pe = use_abs_pe
+        width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
+        if use_abs_pe:
+            table = sinusoid_position_table(max_len, width) / (width ** 0.5)
+            self.register_buffer("pos_embd", table, persistent=False)
+        self.stem = nn.ModuleList([
+            TransformerBlock(width, n_head, 1, mha_win_size[0], proj_pdrop, path_pdrop,
+                             use_rel_pe) for _ in range(arch[1])])
+        self.branch = nn.ModuleList([
+            TransformerBlock(width, n_head, scale_factor, mha_win_size[1 + idx], proj_pdrop,
+                             path_pdrop, use_rel_pe) for idx in range(arch[2])])
+        self.apply(self._zero_biases)
+
+    def _position_embedding(self, T: int, extent: Optional[Tensor]) -> Tensor:
+        """Absolute PE for a padded batch: ``1×E×T``, or ``B×E×T`` when videos in the batch have
+        different extents (each gets the table stretched to its own extent, spec C.4)."""
+        if self.training:
+            if T > self.max_len:
+                raise ValueError(f"training sequence of {T} steps is longer than max_seq_len "
+                                 f"{self.max_len}")
+            return self.pos_embd[:, :, :T]
+        if extent is None:
+            return self._inference_table(T)
+        lengths = extent.sum(dim=-1).flatten().tolist()
+        return torch.cat([F.pad(self._inference_table(n), (0, T - n)) for n in lengths], dim=0)
+
+    def _inference_table(self, T: int) -> Tensor:
+        if T > self.max_len:
+            return F.interpolate(self.pos_embd, T, mode="linear", align_corners=False)
+        return self.pos_embd[:, :, :T]
+
+    def _add_position(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        if not self.use_abs_pe:
+            return x
+        pe = self._position_embedding(x.shape[-1], extent)
+        return x + pe.to(x.dtype) * mask.to(x.dtype)
+
+
+@register_backbone("conv")
+class ConvBackbone(_EmbeddingBackbone):
+    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks (spec C.7)."""
+
+    def __init__(self, n_in: Dims, n_embd: Dims, n_embd_ks: int,
+                 arch: Sequence[int] = (2, 2, 5), scale_factor: int = 2,
+                 with_ln: bool = False) -> None:
+        super().__init__()
+        if len(arch) != 3:
+            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch), got {tuple(arch)}")
+        self.arch = tuple(arch)
+        self.scale_factor = scale_factor
+        width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
+        self.stem = nn.ModuleList([ConvBlock(width, 3, 1) for _ in range(arch[1])])
+        self.branch = nn.ModuleList([ConvBlock(width, 3, scale_factor) for _ in range(arch[2])])
+        self.apply(self._zero_biases)

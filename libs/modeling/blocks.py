@@ -1,0 +1,336 @@
+"""Building blocks of the ActionFormer model (spec C.2, C.4-C.7).
+
+Every tensor is channel-first: features ``B×C×T``, masks ``B×1×T`` (bool, True on real steps).
+Lengths are feature-grid steps of the level the tensor lives on.
+
+Padding semantics (spec C.2, C.11). A *padded* step lies inside a video's padded extent but after
+its last real step; the reference leaves LayerNorm biases there and convolutions at the end of
+the video read them. A step *beyond the extent* exists only because a shorter video shares a
+batch with a longer one; it must look like the tensor border. Modules therefore take an optional
+``extent`` mask (``B×1×T`` bool, True inside each video's own padded extent; ``None`` = the whole
+tensor): convolutions with a kernel wider than 1 see zeros beyond it. Nothing else needs it:
+stride-2 convolutions and max-pools of an even extent never read past it, attention masks those
+keys anyway, and every masked output is zero there.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "downsample_mask", "MaskedConv1D", "LayerNorm", "sinusoid_position_table",
+    "local_attention", "local_attention_dense", "global_attention", "MaskedMHCA",
+    "TransformerBlock", "ConvBlock", "Scale", "drop_path", "AffineDropPath",
+]
+
+# Logit offset of a padded key inside the window (spec C.6); the reference uses -1e4, not -inf.
+PADDED_KEY_LOGIT = -1e4
+
+
+def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
+    """Nearest-neighbour down-sampling of a ``B×1×T`` mask: ``out[i] = mask[stride·i]``."""
+    if mask is None or stride == 1:
+        return mask
+    return mask[:, :, ::stride]
+
+
+class MaskedConv1D(nn.Module):
+    """``Conv1d`` (odd kernel k, padding k//2) whose output is zeroed on padded steps (spec C.2).
+
+    forward: x ``B×C_in×T``, mask ``B×1×T`` -> (``B×C_out×T/s``, mask ``B×1×T/s``).
+    The input itself is not masked, so padded steps carrying non-zero values (LayerNorm biases)
+    are read at the end of the video exactly as in the reference. The bias starts at 0.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
+        self.stride = stride
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride,
+                              padding=kernel_size // 2, groups=groups, bias=bias)
+        if bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        if x.shape[-1] % self.stride != 0:
+            raise ValueError(f"sequence length {x.shape[-1]} is not divisible by the conv "
+                             f"stride {self.stride}")
+        if extent is not None and self.conv.kernel_size[0] > 1:
+            x = x * extent.to(x.dtype)
+        out_mask = downsample_mask(mask, self.stride)
+        return self.conv(x) * out_mask.to(x.dtype), out_mask
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channel axis of ``B×C×T``, written out as the reference does.
+
+    ``y = (x - mean_c) / sqrt(var_c + eps) · weight + bias`` (biased variance); weight and bias
+    have shape ``1×C×1`` (checkpoint layout, spec C.12).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        if affine:
+            self.weight = nn.Parameter(torch.ones(1, num_channels, 1))
+            self.bias = nn.Parameter(torch.zeros(1, num_channels, 1))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        var = (centred ** 2).mean(dim=1, keepdim=True)
+        out = centred / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            out = out * self.weight + self.bias
+        return out
+
+
+def sinusoid_position_table(length: int, dim: int) -> Tensor:
+    """Absolute position table ``1×dim×length`` (float32), spec C.4 (before the 1/sqrt(dim)).
+
+    ``PE[2i, pos] = sin(pos / 10000^(2i/dim))``, ``PE[2i+1, pos] = cos(same)``; computed in
+    float64.
+    """
+    pos = np.arange(length, dtype=np.float64)[:, None]
+    denom = np.power(10000, 2 * (np.arange(dim) // 2) / dim)
+    angles = pos / denom
+    angles[:, 0::2] = np.sin(angles[:, 0::2])
+    angles[:, 1::2] = np.cos(angles[:, 1::2])
+    return torch.from_numpy(angles).float().T.unsqueeze(0).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Attention kernels. q, k, v: B×H×d×T (head-major channel split, q already scaled by 1/sqrt(d));
+# key_mask: B×1×T bool. Output: B×H×d×T. Rows of padded queries are left to the caller, which
+# zeroes them with the query mask after the output projection.
+# --------------------------------------------------------------------------------------------
+def _key_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """``B×1×T`` additive logit: 0 for real keys, -1e4 for padded ones."""
+    return torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(
+        ~key_mask, PADDED_KEY_LOGIT)
+
+
+def local_attention_dense(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
+                          rel_pe: Optional[Tensor] = None) -> Tensor:
+    """Readable definition of the local attention of spec C.6, with a ``T×T`` band mask.
+
+    Query i attends to keys ``j ∈ [i-h, i+h] ∩ [0, T)``, ``h = window // 2``; logit
+    ``q_i·k_j + rel_pe[j-i+h] + (-1e4 if key j is padded)``; slots outside the sequence are
+    excluded; padded query rows are set to 0. O(T²): for tests only, see :func:`local_attention`.
+    """
+    h = window // 2
+    T = q.shape[-1]
+    logits = q.transpose(-2, -1) @ k                                    # B×H×T×T
+    offset = torch.arange(T, device=q.device)[None, :] - torch.arange(T, device=q.device)[:, None]
+    in_band = offset.abs() <= h                                         # [i, j]: |j - i| <= h
+    if rel_pe is not None:
+        slot = (offset + h).clamp(0, 2 * h)
+        logits = logits + rel_pe.reshape(1, -1, 2 * h + 1)[:, :, slot] * in_band
+    logits = logits + _key_bias(key_mask, q.dtype)[:, :, None, :]
+    logits = logits.masked_fill(~in_band, float("-inf"))
+    probs = logits.softmax(dim=-1) * key_mask[:, :, :, None].to(q.dtype)  # zero padded queries
+    return v @ probs.transpose(-2, -1)
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
+                    rel_pe: Optional[Tensor] = None) -> Tensor:
+    """Local attention of spec C.6 in O(T·window) time and memory (never a ``T×T`` matrix).
+
+    Same inputs, outputs and numbers as :func:`local_attention_dense` (rows of padded queries
+    excepted: they are garbage here and zeroed by the caller). The ``2h+1`` window slots are
+    visited as shifted views of the zero-padded keys / values.
+    """
+    h = window // 2
+    T = q.shape[-1]
+    k_pad = F.pad(k, (h, h))
+    v_pad = F.pad(v, (h, h))
+    bias = F.pad(_key_bias(key_mask, q.dtype), (h, h), value=float("-inf"))    # B×1×(T+2h)
+    logits = torch.stack([(q * k_pad[..., o:o + T]).sum(dim=2) for o in range(2 * h + 1)],
+                         dim=2)                                                  # B×H×w×T
+    if rel_pe is not None:
+        logits = logits + rel_pe.reshape(1, -1, 2 * h + 1, 1)
+    logits = logits + bias.unfold(2, T, 1)                                       # B×1×w×T view
+    probs = logits.softmax(dim=2)
+    out = probs[:, :, 0:1] * v_pad[..., 0:T]
+    for o in range(1, 2 * h + 1):
+        out = out + probs[:, :, o:o + 1] * v_pad[..., o:o + T]
+    return out
+
+
+def global_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+    """Full attention over the real keys (spec C.6, global variant)."""
+    logits = q.transpose(-2, -1) @ k                                    # B×H×T×T
+    logits = logits.masked_fill(~key_mask[:, :, None, :], float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return (v * key_mask[:, :, None, :].to(v.dtype)) @ probs.transpose(-2, -1)
+
+
+class MaskedMHCA(nn.Module):
+    """Multi-head *conv* attention with masking and optional down-sampling (spec C.6).
+
+    forward: x ``B×E×T`` (the block's LayerNorm output), mask ``B×1×T`` ->
+    (``B×E×T/s``, mask ``B×1×T/s``). Depthwise strided convs + LayerNorm give q, k, v; 1×1 convs
+    project them; attention is local (``window_size > 1``) or global; output 1×1 conv ``proj``.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, window_size: int = -1, stride: int = 1,
+                 proj_pdrop: float = 0.0, use_rel_pe: bool = False) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"embedding width {n_embd} is not divisible by {n_head} heads")
+        if stride > 1 and stride % 2 != 0:
+            raise ValueError(f"attention down-sampling stride must be 1 or even, got {stride}")
+        if use_rel_pe and (window_size <= 1 or window_size % 2 == 0):
+            raise ValueError(f"relative position encoding needs an odd local window, got "
+                             f"{window_size}")
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.window_size = window_size
+        self.stride = stride
+
+        kernel = stride + 1 if stride > 1 else 3
+        self.query_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
+        self.query_norm = LayerNorm(n_embd)
+        self.key_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
+        self.key_norm = LayerNorm(n_embd)
+        self.value_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
+        self.value_norm = LayerNorm(n_embd)
+        self.key = nn.Conv1d(n_embd, n_embd, 1)
+        self.query = nn.Conv1d(n_embd, n_embd, 1)
+        self.value = nn.Conv1d(n_embd, n_embd, 1)
+        self.proj_drop = nn.Dropout(proj_pdrop)
+        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        if use_rel_pe:
+            self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
+            std = (2.0 / n_embd) ** 0.5
+            nn.init.trunc_normal_(self.rel_pe, std=std, a=-2.0, b=2.0)
+        else:
+            self.rel_pe = None
+
+    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        q, out_mask = self.query_conv(x, mask, extent)
+        k, _ = self.key_conv(x, mask, extent)
+        v, _ = self.value_conv(x, mask, extent)
+        q = self.query(self.query_norm(q))
+        k = self.key(self.key_norm(k))
+        v = self.value(self.value_norm(v))
+        B, E, T = q.shape
+        q = q.view(B, self.n_head, self.head_dim, T) * self.scale
+        k = k.view(B, self.n_head, self.head_dim, T)
+        v = v.view(B, self.n_head, self.head_dim, T)
+        if self.window_size > 1:
+            out = local_attention(q, k, v, out_mask, self.window_size, self.rel_pe)
+        else:
+            out = global_attention(q, k, v, out_mask)
+        out = self.proj_drop(self.proj(out.reshape(B, E, T)))
+        return out * out_mask.to(out.dtype), out_mask
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN Transformer block with optional strided down-sampling (spec C.5).
+
+    forward: x ``B×E×T``, mask ``B×1×T`` -> (``B×E×T/s``, mask ``B×1×T/s``); outputs are exactly
+    zero on padded steps. The stride-s skip is a max-pool over the zero-padded input (−inf only
+    at the tensor border, spec C.2 / I.21).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, stride: int = 1, window_size: int = -1,
+                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0,
+                 use_rel_pe: bool = False) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(n_embd)
+        self.ln2 = LayerNorm(n_embd)
+        self.attn = MaskedMHCA(n_embd, n_head, window_size, stride, proj_pdrop, use_rel_pe)
+        if stride > 1:
+            self.pool_skip = nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2)
+        else:
+            self.pool_skip = nn.Identity()
+        self.mlp = nn.Sequential(
+            nn.Conv1d(n_embd, 4 * n_embd, 1), nn.GELU(), nn.Dropout(proj_pdrop),
+            nn.Conv1d(4 * n_embd, n_embd, 1), nn.Dropout(proj_pdrop))
+        if path_pdrop > 0.0:
+            self.drop_path_attn = AffineDropPath(n_embd, drop_prob=path_pdrop)
+            self.drop_path_mlp = AffineDropPath(n_embd, drop_prob=path_pdrop)
+        else:
+            self.drop_path_attn = nn.Identity()
+            self.drop_path_mlp = nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        out, out_mask = self.attn(self.ln1(x), mask, extent)
+        keep = out_mask.to(out.dtype)
+        out = self.pool_skip(x) * keep + self.drop_path_attn(out)
+        out = out + self.drop_path_mlp(self.mlp(self.ln2(out)) * keep)
+        return out, out_mask
+
+
+class ConvBlock(nn.Module):
+    """ResNet basic block for the ``conv`` backbone (spec C.7).
+
+    forward: x ``B×E×T``, mask -> (``B×E×T/s``, mask). ``out = ReLU(conv2(ReLU(conv1(x))) + res)``
+    with res = x (s = 1) or a strided 1×1 masked conv; the output is not re-masked.
+    """
+
+    def __init__(self, n_embd: int, kernel_size: int = 3, stride: int = 1,
+                 expansion_factor: int = 2) -> None:
+        super().__init__()
+        width = n_embd * expansion_factor
+        self.stride = stride
+        self.conv1 = MaskedConv1D(n_embd, width, kernel_size, stride)
+        self.conv2 = MaskedConv1D(width, n_embd, kernel_size, 1)
+        self.downsample = MaskedConv1D(n_embd, n_embd, 1, stride) if stride > 1 else None
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        out, out_mask = self.conv1(x, mask, extent)
+        out, out_mask = self.conv2(self.act(out), out_mask, downsample_mask(extent, self.stride))
+        residual = x if self.downsample is None else self.downsample(x, mask)[0]
+        return self.act(out + residual), out_mask
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (0-d parameter ``scale``), init 1.0."""
+
+    def __init__(self, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(init_value, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
+    """Stochastic depth per sample: drop whole samples with prob ``drop_prob``, rescale the rest."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = (keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_()
+    return x.div(keep_prob) * keep
+
+
+class AffineDropPath(nn.Module):
+    """``drop_path(scale · x)`` with a learnable per-channel ``scale`` (``1×C×1``, init 1e-4)."""
+
+    def __init__(self, num_dim: int, drop_prob: float = 0.0,
+                 init_scale_value: float = 1e-4) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(init_scale_value * torch.ones((1, num_dim, 1)))
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(self.scale * x, self.drop_prob, self.training)

@@ -1,0 +1,285 @@
+"""The single-stage detector ``LocPointTransformer`` (spec C, D.1, D.2, E.1, E.2, E.5).
+
+Data flow: list of item dicts -> pad + mask -> backbone -> neck -> points + cls / reg heads ->
+training: label assignment + focal / DIoU losses; inference: decoding + NMS + seconds.
+Everything inside is in feature-grid steps; seconds appear only in the inference output.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from libs.core.config import DEFAULTS, max_div_factor
+
+from .assigner import assign_points
+from .blocks import downsample_mask
+from .decoding import decode_candidates, postprocess_video
+from .heads import ClsHead, RegHead
+from .losses import ctr_diou_loss_1d, sigmoid_focal_loss
+from .models import make_backbone, make_generator, make_neck, register_meta_arch
+
+__all__ = ["LocPointTransformer"]
+
+# Project switches on top of the reference; their defaults reproduce the reference.
+EXTRA_TEST_DEFAULTS = {
+    # True: pad each video only to the next multiple of max_div_factor at inference, instead of
+    # to at least max_seq_len (spec C.11). Faster on short videos, but it changes outputs near
+    # the end of a video (spec C.2, "padding dependence").
+    "tight_padding": False,
+}
+
+
+def _with_defaults(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
+    """``cfg`` over ``defaults``; keys unknown to both stay in the dict and are ignored."""
+    return {**defaults, **cfg}
+
+
+def _length_mask(lengths: Sequence[int], T: int, device: torch.device) -> Tensor:
+    """``B×1×T`` bool mask, True on the first ``lengths[b]`` steps of row b."""
+    return (torch.arange(T, device=device)[None, :]
+            < torch.as_tensor(lengths, device=device)[:, None])[:, None, :]
+
+
+@register_meta_arch("LocPointTransformer")
+class LocPointTransformer(nn.Module):
+    """ActionFormer: a Transformer feature pyramid with per-point classification and regression.
+
+    Constructed with the keys of ``cfg['model']`` (spec G.1, K). ``train_cfg`` / ``test_cfg`` are
+    merged over the reference defaults; unknown keys in them are ignored.
+
+    Calling the model on a list of items (``video_id``, ``feats`` ``D×T`` float32,
+    ``segments`` ``N×2`` grid units, ``labels`` ``N``, ``fps``, ``duration``, ``feat_stride``,
+    ``feat_num_frames``) returns ``{'cls_loss', 'reg_loss', 'final_loss'}`` in training mode and,
+    in eval mode, one ``{'video_id', 'segments' (N×2 seconds), 'scores', 'labels'}`` per video.
+    Inference accepts batches of any size and any length; every video gives exactly what it gives
+    alone (it keeps its own reference padding, positions beyond it act as the tensor border).
+
+    State beyond parameters: ``loss_normalizer`` (float, the EMA of the positive count, spec D.2;
+    save / restore it for an exact resume) and ``num_pos_reducer`` (None, or a callable applied
+    to the batch's positive count tensor before the EMA update, e.g. an all-reduce sum for DDP).
+    """
+
+    def __init__(self, backbone_type: str, fpn_type: str, backbone_arch: Sequence[int],
+                 scale_factor: int, input_dim: Union[int, Sequence[int]], max_seq_len: int,
+                 max_buffer_len_factor: float, n_head: int,
+                 n_mha_win_size: Union[int, Sequence[int]], embd_kernel_size: int,
+                 embd_dim: Union[int, Sequence[int]], embd_with_ln: bool, fpn_dim: int,
+                 fpn_with_ln: bool, fpn_start_level: int, head_dim: int,
+                 regression_range: Sequence[Sequence[float]], head_num_layers: int,
+                 head_kernel_size: int, head_with_ln: bool, use_abs_pe: bool, use_rel_pe: bool,
+                 num_classes: int, train_cfg: Mapping[str, Any],
+                 test_cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        # max_buffer_len_factor only sized the reference's point buffer; points are now made on
+        # demand, so inputs of any length are accepted at inference.
+        self.train_cfg = _with_defaults(train_cfg, DEFAULTS["train_cfg"])
+        self.test_cfg = _with_defaults(test_cfg, {**DEFAULTS["test_cfg"], **EXTRA_TEST_DEFAULTS})
+        self._check_cfgs()
+
+        num_backbone_levels = backbone_arch[-1] + 1
+        self.fpn_strides = [scale_factor ** l for l in range(fpn_start_level, num_backbone_levels)]
+        if len(regression_range) != len(self.fpn_strides):
+            raise ValueError(f"regression_range has {len(regression_range)} entries for "
+                             f"{len(self.fpn_strides)} pyramid levels")
+        self.fpn_start_level = fpn_start_level
+        self.num_classes = num_classes
+        self.input_dim = input_dim
+        self.max_seq_len = max_seq_len
+        if isinstance(n_mha_win_size, int):
+            self.mha_win_size = [n_mha_win_size] * num_backbone_levels
+        else:
+            self.mha_win_size = list(n_mha_win_size)
+            if len(self.mha_win_size) != num_backbone_levels:
+                raise ValueError(f"n_mha_win_size has {len(self.mha_win_size)} entries for "
+                                 f"{num_backbone_levels} backbone levels")
+        self.max_div_factor = max_div_factor(scale_factor, num_backbone_levels, self.mha_win_size)
+        if max_seq_len % self.max_div_factor != 0:
+            raise ValueError(f"max_seq_len {max_seq_len} must be divisible by {self.max_div_factor}"
+                             f" (pyramid strides × attention windows, spec C.11)")
+
+        if backbone_type == "convTransformer":
+            self.backbone = make_backbone(
+                "convTransformer", n_in=input_dim, n_embd=embd_dim, n_head=n_head,
+                n_embd_ks=embd_kernel_size, max_len=max_seq_len, arch=backbone_arch,
+                mha_win_size=self.mha_win_size, scale_factor=scale_factor, with_ln=embd_with_ln,
+                proj_pdrop=self.train_cfg["dropout"], path_pdrop=self.train_cfg["droppath"],
+                use_abs_pe=use_abs_pe, use_rel_pe=use_rel_pe)
+        else:
+            self.backbone = make_backbone(
+                backbone_type, n_in=input_dim, n_embd=embd_dim, n_embd_ks=embd_kernel_size,
+                arch=backbone_arch, scale_factor=scale_factor, with_ln=embd_with_ln)
+        width = sum(embd_dim) if isinstance(embd_dim, (list, tuple)) else embd_dim
+        self.neck = make_neck(fpn_type, in_channels=[width] * num_backbone_levels,
+                              out_channel=fpn_dim, scale_factor=scale_factor,
+                              start_level=fpn_start_level, with_ln=fpn_with_ln)
+        self.point_generator = make_generator("point", fpn_strides=self.fpn_strides,
+                                              regression_range=regression_range)
+        self.cls_head = ClsHead(fpn_dim, head_dim, num_classes,
+                                prior_prob=self.train_cfg["cls_prior_prob"],
+                                num_layers=head_num_layers, kernel_size=head_kernel_size,
+                                with_ln=head_with_ln, empty_cls=self.train_cfg["head_empty_cls"])
+        self.reg_head = RegHead(fpn_dim, head_dim, len(self.fpn_strides),
+                                num_layers=head_num_layers, kernel_size=head_kernel_size,
+                                with_ln=head_with_ln)
+
+        self.loss_normalizer = float(self.train_cfg["init_loss_norm"])
+        self.loss_normalizer_momentum = 0.9
+        self.num_pos_reducer: Optional[Callable[[Tensor], Tensor]] = None
+
+    def _check_cfgs(self) -> None:
+        if self.train_cfg["center_sample"] not in ("radius", "none"):
+            raise ValueError(f"train_cfg.center_sample must be 'radius' or 'none', got "
+                             f"{self.train_cfg['center_sample']!r}")
+        if self.test_cfg["nms_method"] not in ("soft", "hard", "none"):
+            raise ValueError(f"test_cfg.nms_method must be 'soft', 'hard' or 'none', got "
+                             f"{self.test_cfg['nms_method']!r}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ----------------------------------------------------------------------------------------
+    def forward(self, video_list: Sequence[Mapping[str, Any]]
+                ) -> Union[Dict[str, Tensor], List[Dict[str, Any]]]:
+        x, mask, extents = self.preprocessing(video_list)
+        extent_mask = self._extent_mask(extents, x.shape[-1], x.device)
+        feats, masks = self.backbone(x, mask, extent_mask)
+        fpn_feats, fpn_masks = self.neck(feats, masks)
+        level_extents = [downsample_mask(extent_mask, s) for s in self.fpn_strides]
+        points = self.point_generator(fpn_feats)
+        cls_logits = [x.permute(0, 2, 1) for x in self.cls_head(fpn_feats, fpn_masks, level_extents)]
+        offsets = [x.permute(0, 2, 1) for x in self.reg_head(fpn_feats, fpn_masks, level_extents)]
+        fpn_masks = [m.squeeze(1) for m in fpn_masks]
+        if self.training:
+            return self.losses(video_list, points, fpn_masks, cls_logits, offsets)
+        return self.inference(video_list, extents, points, fpn_masks, cls_logits, offsets)
+
+    # ----------------------------------------------------------------------------------------
+    def padded_length(self, length: int) -> int:
+        """Length a single video of ``length`` steps is padded to at inference (spec C.11)."""
+        div = self.max_div_factor
+        padded = (length + div - 1) // div * div
+        if self.test_cfg["tight_padding"]:
+            return padded
+        return self.max_seq_len if length <= self.max_seq_len else padded
+
+    @torch.no_grad()
+    def preprocessing(self, video_list: Sequence[Mapping[str, Any]]
+                      ) -> Tuple[Tensor, Tensor, List[int]]:
+        """Pad the items' features into ``B×D×T`` (zeros), mask ``B×1×T`` on the model's device.
+
+        Training pads every video to ``max_seq_len``; inference pads each video to its own
+        reference length (:meth:`padded_length`) and the batch to the longest of those.
+        Returns (features, mask, per-video padded extents).
+        """
+        self._check_items(video_list)
+        lengths = [item["feats"].shape[-1] for item in video_list]
+        if self.training:
+            extents = [self.max_seq_len] * len(lengths)
+        else:
+            extents = [self.padded_length(n) for n in lengths]
+        T = max(extents)
+        device = self.device
+        x = torch.cat([F.pad(item["feats"].to(device, torch.float32), (0, T - n))[None]
+                       for item, n in zip(video_list, lengths)], dim=0)
+        mask = _length_mask(lengths, T, device)
+        if not bool(torch.isfinite(x).all()):
+            bad = [item["video_id"] for item in video_list
+                   if not bool(torch.isfinite(item["feats"]).all())]
+            raise ValueError(f"video {', '.join(map(repr, bad))}: field 'feats' contains NaN or "
+                             f"Inf values")
+        return x, mask, extents
+
+    def _check_items(self, video_list: Sequence[Mapping[str, Any]]) -> None:
+        if len(video_list) == 0:
+            raise ValueError("the model was called on an empty list of videos")
+        expected = sum(self.input_dim) if isinstance(self.input_dim, (list, tuple)) \
+            else self.input_dim
+        for item in video_list:
+            vid, feats = item.get("video_id", "?"), item["feats"]
+            if feats.dim() != 2 or feats.shape[0] != expected:
+                raise ValueError(f"video {vid!r}: field 'feats' has shape {tuple(feats.shape)}, "
+                                 f"expected {expected}×T (input_dim {self.input_dim})")
+            if feats.shape[1] == 0:
+                raise ValueError(f"video {vid!r}: field 'feats' has no time steps")
+            if not self.training:
+                continue
+            if feats.shape[1] > self.max_seq_len:
+                raise ValueError(f"video {vid!r}: field 'feats' has {feats.shape[1]} steps, more "
+                                 f"than max_seq_len {self.max_seq_len} allowed in training "
+                                 f"(truncate it in the dataset)")
+            for key in ("segments", "labels"):
+                if item.get(key) is None:
+                    raise ValueError(f"video {vid!r}: field '{key}' is missing; training needs "
+                                     f"ground-truth actions")
+
+    @staticmethod
+    def _extent_mask(extents: Sequence[int], T: int, device: torch.device) -> Optional[Tensor]:
+        """``B×1×T`` bool mask of each video's padded extent, or None if all fill the tensor."""
+        if all(e == T for e in extents):
+            return None
+        return _length_mask(extents, T, device)
+
+    # ----------------------------------------------------------------------------------------
+    def losses(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor],
+               fpn_masks: List[Tensor], cls_logits: List[Tensor], offsets: List[Tensor]
+               ) -> Dict[str, Tensor]:
+        """Focal + DIoU losses of a batch (spec D.2); updates :attr:`loss_normalizer`.
+
+        fpn_masks: per level ``B×T_l``; cls_logits ``B×T_l×C``; offsets ``B×T_l×2``.
+        """
+        device = self.device
+        all_points = torch.cat(points, dim=0)
+        targets = [assign_points(all_points, item["segments"].to(device),
+                                 item["labels"].to(device), self.num_classes,
+                                 self.train_cfg["center_sample"],
+                                 self.train_cfg["center_sample_radius"])
+                   for item in video_list]
+        gt_cls = torch.stack([t[0] for t in targets])                       # B×P×C
+        gt_offsets = torch.stack([t[1] for t in targets])                   # B×P×2
+        valid = torch.cat(fpn_masks, dim=1)                                 # B×P
+        pos = (gt_cls.sum(-1) > 0) & valid
+
+        num_pos = pos.sum()
+        if self.num_pos_reducer is not None:
+            num_pos = self.num_pos_reducer(num_pos)
+        num_pos = num_pos.item()
+        momentum = self.loss_normalizer_momentum
+        self.loss_normalizer = momentum * self.loss_normalizer + (1 - momentum) * max(num_pos, 1)
+
+        smoothing = self.train_cfg["label_smoothing"]
+        gt_target = gt_cls[valid] * (1 - smoothing) + smoothing / (self.num_classes + 1)
+        cls_loss = sigmoid_focal_loss(torch.cat(cls_logits, dim=1)[valid], gt_target,
+                                      reduction="sum") / self.loss_normalizer
+        pred_offsets = torch.cat(offsets, dim=1)[pos]
+        if num_pos == 0:
+            reg_loss = 0 * pred_offsets.sum()
+        else:
+            reg_loss = ctr_diou_loss_1d(pred_offsets, gt_offsets[pos],
+                                        reduction="sum") / self.loss_normalizer
+        weight = self.train_cfg["loss_weight"]
+        if weight <= 0:
+            weight = cls_loss.detach() / max(reg_loss.item(), 0.01)
+        return {"cls_loss": cls_loss, "reg_loss": reg_loss,
+                "final_loss": cls_loss + reg_loss * weight}
+
+    @torch.no_grad()
+    def inference(self, video_list: Sequence[Mapping[str, Any]], extents: Sequence[int],
+                  points: List[Tensor], fpn_masks: List[Tensor], cls_logits: List[Tensor],
+                  offsets: List[Tensor]) -> List[Dict[str, Any]]:
+        """Decode every video from its own padded extent, then NMS and convert to seconds."""
+        cfg = self.test_cfg
+        results = []
+        for b, (item, extent) in enumerate(zip(video_list, extents)):
+            lens = [extent // s for s in self.fpn_strides]
+            segs, scores, labels = decode_candidates(
+                [p[:n] for p, n in zip(points, lens)],
+                [m[b, :n] for m, n in zip(fpn_masks, lens)],
+                [c[b, :n] for c, n in zip(cls_logits, lens)],
+                [o[b, :n] for o, n in zip(offsets, lens)],
+                cfg["pre_nms_thresh"], cfg["pre_nms_topk"], cfg["duration_thresh"])
+            results.append(postprocess_video(segs, scores, labels, item, cfg))
+        return results
