@@ -7,7 +7,6 @@ Units: annotation segments arrive in **seconds**; everything a loader returns is
 """
 from __future__ import annotations
 
-import copy
 import os
 import random
 import warnings
@@ -132,8 +131,8 @@ class FeatureReader:
                 if "feats" not in data:
                     raise ValueError(f"{path}: video '{video_id}': no array 'feats' in the .npz "
                                      f"(found {sorted(data.keys())})")
-                return data["feats"].astype(np.float32)
-        return np.load(path).astype(np.float32)
+                return data["feats"].astype(np.float32, copy=False)
+        return np.load(path).astype(np.float32, copy=False)
 
     def read(self, video_id: str) -> np.ndarray:
         """Features of ``video_id`` as a ``T x D`` float32 array (time-major, as stored)."""
@@ -201,7 +200,7 @@ def truncate_feats(item: Dict[str, Any], max_seq_len: int, trunc_thresh: float, 
             ``[r0, r1]``: a video no longer than ``max_seq_len`` is cropped to a random length in
             ``[round(r0 * T), round(r1 * T)]``.
     Returns:
-        ``item`` itself when no crop is drawn, else a deep copy with feats ``D x W``, the kept
+        ``item`` itself when no crop is drawn, else a new dict with feats ``D x W``, the kept
         segments clipped to the widened window and shifted by its start, and their labels. After
         ``max_num_trials`` windows without any kept action the last window is used anyway.
     """
@@ -215,7 +214,8 @@ def truncate_feats(item: Dict[str, Any], max_seq_len: int, trunc_thresh: float, 
         if max_seq_len == feat_len:
             return item
 
-    item = copy.deepcopy(item)
+    # new tensors replace feats / segments / labels below; a shallow copy leaves the input intact
+    item = dict(item)
     segs = item["segments"]
     for _ in range(max_num_trials):
         st = random.randint(0, feat_len - max_seq_len)
