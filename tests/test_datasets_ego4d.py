@@ -1,7 +1,6 @@
 """Ego4D loader: several feature folders concatenated per step (spec A.3), offset passthrough."""
 import os
 
-import numpy as np
 import pytest
 import torch
 

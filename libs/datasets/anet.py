@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data_utils import ProblemReport, remove_duplicate_annotations
+from ..utils.metrics import remove_duplicate_annotations
+from .data_utils import ProblemReport
 from .datasets import ActionDataset, register_dataset
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["DataWarning", "ProblemReport", "FeatureReader", "seconds_to_grid", "truncate_feats",
-           "remove_duplicate_annotations", "trivial_batch_collator", "worker_init_reset_seed"]
+           "trivial_batch_collator", "worker_init_reset_seed"]
 
 # how many ids / messages a summary line shows before "... and N more"
 _SHOWN = 5
@@ -232,22 +232,6 @@ def truncate_feats(item: Dict[str, Any], max_seq_len: int, trunc_thresh: float, 
     item["segments"] = torch.stack((left[keep], right[keep]), dim=1) - st
     item["labels"] = item["labels"][keep].clone()
     return item
-
-
-def remove_duplicate_annotations(annotations: Sequence[Dict[str, Any]],
-                                 tol: float = 1e-3) -> List[Dict[str, Any]]:
-    """Drop events shorter than ``tol`` seconds and repeats of an already kept event (same
-    ``label_id``, both boundaries within ``tol``), keeping the first occurrence (spec F.1)."""
-    kept: List[Dict[str, Any]] = []
-    for event in annotations:
-        start, end = event["segment"]
-        if end - start < tol:
-            continue
-        if any(abs(start - k["segment"][0]) <= tol and abs(end - k["segment"][1]) <= tol
-               and event["label_id"] == k["label_id"] for k in kept):
-            continue
-        kept.append(event)
-    return kept
 
 
 def trivial_batch_collator(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
