@@ -1,0 +1,345 @@
+"""1D NMS: hand-computed answers, a line-by-line port of the reference kernel (spec E.3) as
+the plain definition, and C++ == PyTorch on thousands of random cases."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from libs.utils import batched_nms
+from libs.utils import nms as nms_module
+from libs.utils.nms import (cpp_nms_available, hard_nms_grouped, seg_voting,
+                            soft_nms_grouped)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_cpp = pytest.mark.skipif(not cpp_nms_available(),
+                               reason="C++ NMS extension not built")
+BACKENDS = ["torch"] + (["cpp"] if cpp_nms_available() else [])
+F32 = np.float32
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# Plain definition: the reference's soft-NMS loop, one scalar at a time (spec E.3)
+# ------------------------------------------------------------------------------------------
+def naive_soft_nms(segs, scores, iou_threshold, sigma, min_score, method):
+    x1 = [F32(s[0]) for s in segs]
+    x2 = [F32(s[1]) for s in segs]
+    sc = [F32(s) for s in scores]
+    area = [F32(F32(b - a) + F32(1e-6)) for a, b in zip(x1, x2)]
+    inds = list(range(len(segs)))
+    out = []
+    n, i = len(segs), 0
+    while i < n:
+        m = i
+        for pos in range(i + 1, n):
+            if sc[m] < sc[pos]:
+                m = pos
+        for arr in (x1, x2, sc, area, inds):
+            arr[i], arr[m] = arr[m], arr[i]
+        out.append((x1[i], x2[i], sc[i]))
+        pos = i + 1
+        while pos < n:
+            inter = max(F32(0), F32(min(x2[i], x2[pos]) - max(x1[i], x1[pos])))
+            ovr = F32(inter / F32(F32(area[i] + area[pos]) - inter))
+            if method == "gaussian":
+                weight = F32(math.exp(float(F32(-(ovr * ovr) / F32(sigma)))))
+            elif method == "linear":
+                weight = F32(1 - ovr) if ovr >= F32(iou_threshold) else F32(1)
+            else:
+                weight = F32(0) if ovr >= F32(iou_threshold) else F32(1)
+            sc[pos] = F32(sc[pos] * weight)
+            if sc[pos] < F32(min_score):
+                for arr in (x1, x2, sc, area, inds):
+                    arr[pos] = arr[n - 1]
+                n -= 1
+            else:
+                pos += 1
+        i += 1
+    return np.array(out, dtype=np.float32).reshape(-1, 3), inds[:n]
+
+
+def one_group(n):
+    return torch.tensor([0, n])
+
+
+def run_soft(backend, segs, scores, *, thr=0.5, sigma=0.5, min_score=0.001, method="gaussian"):
+    dets, inds, counts = soft_nms_grouped(segs, scores, one_group(len(scores)), thr, sigma,
+                                          min_score, method, backend=backend)
+    k = int(counts[0])
+    return dets[:k], inds[:k]
+
+
+# ------------------------------------------------------------------------------------------
+# Hand-computed answers
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spec_j_soft_nms_vector(backend):
+    segs, scores = t([[0, 1], [0, 1], [5, 6]]), t([0.5, 0.5, 0.5])
+    dets, inds = run_soft(backend, segs, scores)
+    assert inds.tolist() == [0, 2, 1]
+    iou = 1 / (1 + 2e-6)                      # inter 1 over (1+1e-6) + (1+1e-6) - 1
+    expected = 0.5 * math.exp(-iou ** 2 / 0.5)
+    np.testing.assert_allclose(dets.numpy(), [[0, 1, 0.5], [5, 6, 0.5], [0, 1, expected]],
+                               rtol=1e-6)
+    assert dets[2, 2].item() == pytest.approx(0.0677, abs=1e-4)
+    out_segs, out_scores, _ = batched_nms(segs, scores, torch.zeros(3, dtype=torch.long),
+                                          0.5, 0.001, 100, backend=backend)
+    assert out_scores.tolist() == pytest.approx([0.5, 0.5, expected], rel=1e-6)
+    kept = batched_nms(segs, scores, torch.zeros(3, dtype=torch.long), 0.5, 0.001, 100,
+                       use_soft_nms=False, backend=backend)
+    assert kept[0].tolist() == [[0, 1], [5, 6]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_best_candidate_survives_below_min_score(backend):
+    out = batched_nms(t([[0, 1], [0, 1]]), t([0.0005, 0.0004]), torch.zeros(2, dtype=torch.long),
+                      0.5, 0.001, 100, backend=backend)
+    assert out[1].tolist() == pytest.approx([0.0005])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hard_nms_known_iou_and_strict_min_score(backend):
+    # IoU([0,10],[5,15]) = 5/15 = 0.333 (the 1e-6 barely matters)
+    segs, scores = t([[0, 10], [5, 15], [20, 30], [21, 30]]), t([0.9, 0.8, 0.7, 0.01])
+    inds, counts = hard_nms_grouped(segs, scores, one_group(4), 0.3, backend=backend)
+    assert inds[:int(counts[0])].tolist() == [0, 2]
+    inds, counts = hard_nms_grouped(segs, scores, one_group(4), 0.34, backend=backend)
+    assert inds[:int(counts[0])].tolist() == [0, 1, 2]
+    # wrapper: min_score 0.01 removes the last one first (strict >), so nothing suppresses it
+    labels = torch.zeros(4, dtype=torch.long)
+    _, out_scores, _ = batched_nms(segs, scores, labels, 0.95, 0.01, 100, use_soft_nms=False,
+                                   backend=backend)
+    assert out_scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_soft_nms(backend):
+    segs, scores = t([[0, 10], [5, 15], [20, 30]]), t([0.9, 0.8, 0.7])
+    dets, inds = run_soft(backend, segs, scores, thr=0.3, method="linear")
+    iou = 5 / (10 + 10 + 2e-6 - 5)
+    assert inds.tolist() == [0, 2, 1]
+    assert dets[:, 2].tolist() == pytest.approx([0.9, 0.7, 0.8 * (1 - iou)], rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_removal_moves_last_live_candidate_forward(backend):
+    # round 1: B overlaps A and is removed; D (last) moves into B's slot ahead of C.
+    # C and D tie at 0.4, so the lowest position (D) is selected first.
+    segs = t([[0, 10], [0, 10], [20, 30], [40, 50]])
+    scores = t([1.0, 0.5, 0.4, 0.4])
+    dets, inds = run_soft(backend, segs, scores, min_score=0.1)
+    assert inds.tolist() == [0, 3, 2]
+    assert naive_soft_nms(segs.tolist(), scores.tolist(), 0.5, 0.5, 0.1, "gaussian")[1] == \
+        [0, 3, 2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multiclass_caps_per_class_and_sorts(backend):
+    segs = t([[0, 10], [1, 11], [30, 40], [0, 10], [50, 60]])
+    scores = t([0.9, 0.8, 0.3, 0.85, 0.2])
+    labels = torch.tensor([2, 2, 2, 0, 0])
+    out_segs, out_scores, out_labels = batched_nms(segs, scores, labels, 0.5, 0.001, 2,
+                                                   use_soft_nms=False, backend=backend)
+    # class 0 keeps both; class 2 keeps [0,10] and [30,40] ([1,11] suppressed), capped at 2
+    # per class, then the best 2 overall
+    assert out_scores.tolist() == pytest.approx([0.9, 0.85])
+    assert out_labels.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_class_agnostic_voting_hand_computed(backend):
+    segs, scores = t([[0, 10], [1, 11]]), t([0.9, 0.6])
+    labels = torch.tensor([3, 5])
+    out_segs, out_scores, out_labels = batched_nms(segs, scores, labels, 0.5, 0.001, 10,
+                                                   use_soft_nms=False, multiclass=False,
+                                                   voting_thresh=0.75, backend=backend)
+    # weights: 0.9 * IoU 1 and 0.6 * IoU 9/11 -> start 6/17, end 10 + 6/17
+    np.testing.assert_allclose(out_segs.numpy(), [[6 / 17, 10 + 6 / 17]], rtol=1e-6)
+    assert out_scores.tolist() == pytest.approx([0.9]) and out_labels.tolist() == [3]
+
+
+def test_seg_voting_ignores_candidates_below_threshold():
+    refined = seg_voting(t([[0, 10]]), t([[0, 10], [5, 15]]), t([0.5, 1.0]), 0.75)
+    assert refined.tolist() == [[0, 10]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_and_single_inputs(backend):
+    empty = batched_nms(torch.zeros(0, 2), torch.zeros(0), torch.zeros(0, dtype=torch.int32),
+                        0.5, 0.001, 100, backend=backend)
+    assert [tuple(x.shape) for x in empty] == [(0, 2), (0,), (0,)]
+    assert empty[2].dtype == torch.int32
+    for soft in (True, False):
+        for multiclass in (True, False):
+            out = batched_nms(t([[2, 5]]), t([0.3]), torch.tensor([4]), 0.5, 0.001, 100,
+                              use_soft_nms=soft, multiclass=multiclass, backend=backend)
+            assert out[0].tolist() == [[2, 5]] and out[2].tolist() == [4]
+            assert out[1].tolist() == pytest.approx([0.3])
+    # hard NMS with every score filtered out
+    out = batched_nms(t([[2, 5]]), t([0.001]), torch.tensor([4]), 0.5, 0.001, 100,
+                      use_soft_nms=False, multiclass=False, backend=backend)
+    assert out[0].shape == (0, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Random cases
+# ------------------------------------------------------------------------------------------
+def random_groups(seed, num_groups, max_size):
+    """Groups of random size (0 included); every third group has quantised coordinates and
+    scores (identical segments, tied scores), every seventh only identical scores."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(0, max_size + 1, (num_groups,), generator=gen)
+    sizes[0], sizes[1] = 1, max_size
+    segs, scores = [], []
+    for g, n in enumerate(sizes.tolist()):
+        start = torch.rand(n, generator=gen) * 60
+        length = torch.rand(n, generator=gen) * 15 + 0.1
+        score = torch.rand(n, generator=gen)
+        if g % 3 == 0:
+            start, length = (start / 5).round() * 5, (length / 4).round() * 4 + 1
+            score = (score * 3).round() / 3 + 0.01
+        if g % 7 == 0:
+            score = torch.full((n,), 0.42)
+        segs.append(torch.stack([start, start + length], 1))
+        scores.append(score)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    return torch.cat(segs), torch.cat(scores), offsets
+
+
+def split_outputs(offsets, counts, *arrays):
+    out = []
+    for g in range(len(counts)):
+        s = int(offsets[g])
+        out.append([a[s:s + int(counts[g])] for a in arrays])
+    return out
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_torch_soft_nms_matches_plain_definition(method):
+    segs, scores, offsets = random_groups(1, 150, 14)
+    dets, inds, counts = soft_nms_grouped(segs, scores, offsets, 0.3, 0.5, 0.05, method,
+                                          backend="torch")
+    for g, (d, i) in enumerate(split_outputs(offsets, counts, dets, inds)):
+        s, e = int(offsets[g]), int(offsets[g + 1])
+        ref_dets, ref_inds = naive_soft_nms(segs[s:e].tolist(), scores[s:e].tolist(), 0.3, 0.5,
+                                            0.05, method)
+        assert (i - s).tolist() == ref_inds
+        np.testing.assert_allclose(d.numpy(), ref_dets, rtol=0, atol=1e-6)
+
+
+def valid_rows(offsets, counts):
+    """Flat positions of every group's first ``counts[g]`` output rows."""
+    return nms_module._first_rows(offsets, counts, int(offsets[-1]))
+
+
+@needs_cpp
+@pytest.mark.parametrize("method, sigma, min_score", [
+    ("gaussian", 0.5, 0.001), ("gaussian", 0.9, 0.05), ("gaussian", 0.4, 0.0),
+    ("linear", 0.5, 0.001), ("linear", 0.9, 0.0), ("hard", 0.5, 0.05)])
+def test_cpp_and_torch_soft_nms_agree(method, sigma, min_score):
+    segs, scores, offsets = random_groups(2, 1000, 30)
+    cpp = soft_nms_grouped(segs, scores, offsets, 0.3, sigma, min_score, method, backend="cpp")
+    tch = soft_nms_grouped(segs, scores, offsets, 0.3, sigma, min_score, method,
+                           backend="torch")
+    assert torch.equal(cpp[2], tch[2])
+    rows = valid_rows(offsets, cpp[2])
+    assert torch.equal(cpp[1][rows], tch[1][rows])
+    assert torch.equal(cpp[0][rows, :2], tch[0][rows, :2])
+    torch.testing.assert_close(cpp[0][rows, 2], tch[0][rows, 2], rtol=0, atol=1e-6)
+
+
+@needs_cpp
+@pytest.mark.parametrize("thr", [0.1, 0.5, 0.9])
+def test_cpp_and_torch_hard_nms_agree(thr):
+    segs, scores, offsets = random_groups(3, 1000, 30)
+    cpp = hard_nms_grouped(segs, scores, offsets, thr, backend="cpp")
+    tch = hard_nms_grouped(segs, scores, offsets, thr, backend="torch")
+    assert torch.equal(cpp[1], tch[1])
+    rows = valid_rows(offsets, cpp[1])
+    assert torch.equal(cpp[0][rows], tch[0][rows])
+
+
+@needs_cpp
+def test_cpp_parallel_path_agrees_with_torch():
+    # > 2048 candidates switches the C++ kernels to several threads
+    segs, scores, offsets = random_groups(4, 20, 400)
+    cpp = soft_nms_grouped(segs, scores, offsets, 0.1, 0.5, 0.001, backend="cpp")
+    tch = soft_nms_grouped(segs, scores, offsets, 0.1, 0.5, 0.001, backend="torch")
+    assert torch.equal(cpp[2], tch[2])
+    assert torch.equal(hard_nms_grouped(segs, scores, offsets, 0.2, backend="cpp")[1],
+                       hard_nms_grouped(segs, scores, offsets, 0.2, backend="torch")[1])
+
+
+@needs_cpp
+@pytest.mark.parametrize("soft", [True, False])
+@pytest.mark.parametrize("multiclass", [True, False])
+def test_batched_nms_backends_agree(soft, multiclass):
+    gen = torch.Generator().manual_seed(5)
+    for case in range(60):
+        n = int(torch.randint(0, 60, (1,), generator=gen))
+        start = torch.rand(n, generator=gen) * 50
+        segs = torch.stack([start, start + torch.rand(n, generator=gen) * 10 + 0.1], 1)
+        scores = torch.rand(n, generator=gen)
+        if case % 4 == 0:
+            scores = torch.full((n,), 0.3)
+        labels = torch.randint(0, 4, (n,), generator=gen)
+        kwargs = dict(iou_threshold=0.3, min_score=0.001, max_seg_num=int(5 + case % 40),
+                      use_soft_nms=soft, multiclass=multiclass, sigma=0.5, voting_thresh=0.75)
+        a = batched_nms(segs, scores, labels, backend="cpp", **kwargs)
+        b = batched_nms(segs, scores, labels, backend="torch", **kwargs)
+        assert torch.equal(a[2], b[2])
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_torch_nms_on_cuda_matches_cpu():
+    segs, scores, offsets = random_groups(6, 200, 40)
+    cpu = soft_nms_grouped(segs, scores, offsets, 0.3, 0.5, 0.001, backend="torch")
+    gpu = soft_nms_grouped(segs.cuda(), scores.cuda(), offsets, 0.3, 0.5, 0.001,
+                           backend="torch")
+    assert torch.equal(cpu[2], gpu[2].cpu())
+    hard_cpu = hard_nms_grouped(segs, scores, offsets, 0.3, backend="torch")
+    hard_gpu = hard_nms_grouped(segs.cuda(), scores.cuda(), offsets, 0.3, backend="torch")
+    assert torch.equal(hard_cpu[1], hard_gpu[1].cpu())
+    labels = torch.randint(0, 3, (len(scores),))
+    out = batched_nms(segs.cuda(), scores.cuda(), labels.cuda(), 0.3, 0.001, 100)
+    assert out[0].is_cuda and out[0].shape[0] > 0
+
+
+# ------------------------------------------------------------------------------------------
+# Backend selection
+# ------------------------------------------------------------------------------------------
+def test_disabling_the_extension_falls_back_with_one_warning():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import torch, libs\n"
+            "from libs.utils import batched_nms, cpp_nms_available\n"
+            "assert not cpp_nms_available()\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    for _ in range(3):\n"
+            "        out = batched_nms(torch.tensor([[0., 1.], [0., 1.], [5., 6.]]),\n"
+            "                          torch.full((3,), 0.5), torch.zeros(3, dtype=torch.long),\n"
+            "                          0.5, 0.001, 100)\n"
+            "assert sum('PyTorch NMS' in str(w.message) for w in caught) == 1, caught\n"
+            "assert out[0].shape == (3, 2)\n"
+            "print('ok')\n")
+    env = dict(os.environ, ACTIONFORMER_DISABLE_CPP_NMS="1")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_cpp_backend_requested_without_extension(monkeypatch):
+    monkeypatch.setattr(nms_module, "_EXT", None)
+    with pytest.raises(RuntimeError, match="not available"):
+        hard_nms_grouped(t([[0, 1]]), t([0.5]), one_group(1), 0.5, backend="cpp")
+    with pytest.raises(ValueError, match="backend"):
+        hard_nms_grouped(t([[0, 1]]), t([0.5]), one_group(1), 0.5, backend="gpu")
