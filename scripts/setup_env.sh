@@ -31,7 +31,7 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==2.13.0"
 fi
 python -m pip install -q --upgrade "setuptools>=64" wheel
-python -m pip install -q --no-build-isolation -e "$ROOT[test,plot]"
+python -m pip install -q --no-build-isolation -e "$ROOT[test]"
 python - <<'PY'
 import torch
 from libs.utils.nms import cpp_nms_available
