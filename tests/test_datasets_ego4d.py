@@ -91,3 +91,11 @@ def test_missing_folder(ego4d):
         make_dataset("ego4d", False, ["training"],
                      **dict(ego4d, feat_folder=ego4d["feat_folder"] + [os.path.join(os.path.dirname(ego4d["feat_folder"][0]), "internvideo")],
                             input_dim=7))
+
+
+def test_total_dimension_checked_after_concatenation(ego4d):
+    ds = make_dataset("ego4d", False, ["training"], **dict(ego4d, input_dim=2560))
+    with pytest.raises(ValueError, match=r"slowfast_features/clip-a.npy \+ .*omnivore_features/clip-a.npy \+ "
+                                         r".*egovlp_features/clip-a.npy: video 'clip-a': features have dimension "
+                                         r"3 \+ 2 \+ 1 = 6, but dataset.input_dim is 2560"):
+        ds[0]

@@ -13,6 +13,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+import h5py
 import numpy as np
 import torch
 
@@ -111,7 +112,6 @@ class FeatureReader:
         missing: Dict[str, str] = {}
         for folder in self.folders:
             if self._is_hdf5(folder):
-                import h5py
                 with h5py.File(folder, "r") as h5:
                     absent = [v for v in video_ids if self.prefix + v not in h5]
             else:
@@ -123,7 +123,6 @@ class FeatureReader:
     def _read_one(self, folder: str, video_id: str) -> np.ndarray:
         path = self.path(folder, video_id)
         if self._is_hdf5(folder):
-            import h5py
             with h5py.File(folder, "r") as h5:
                 return np.asarray(h5[self.prefix + video_id][()], dtype=np.float32)
         if self.ext == ".npz":
@@ -136,20 +135,27 @@ class FeatureReader:
 
     def read(self, video_id: str) -> np.ndarray:
         """Features of ``video_id`` as a ``T x D`` float32 array (time-major, as stored)."""
-        dims = self.input_dim if isinstance(self.input_dim, (list, tuple)) else [None] * len(self.folders)
+        if isinstance(self.input_dim, (list, tuple)):
+            dims = list(self.input_dim)
+        else:   # one total width: checked per file when there is one file, else after concatenation
+            dims = [self.input_dim] if len(self.folders) == 1 else [None] * len(self.folders)
         arrays = []
         for folder, dim in zip(self.folders, dims):
             feats = self._read_one(folder, video_id)
             _check_feats(feats, dim, self.path(folder, video_id), video_id)
             arrays.append(feats)
+        if len(arrays) == 1:
+            return arrays[0]
+        paths = [self.path(f, video_id) for f in self.folders]
         if len({a.shape[0] for a in arrays}) > 1:
-            lengths = ", ".join(f"{self.path(f, video_id)}: {a.shape[0]}" for f, a in zip(self.folders, arrays))
+            lengths = ", ".join(f"{p}: {a.shape[0]}" for p, a in zip(paths, arrays))
             raise ValueError(f"video '{video_id}': feature types have different lengths T ({lengths}); "
                              f"they are concatenated per step and must align")
-        feats = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
-        if not isinstance(self.input_dim, (list, tuple)):
-            _check_feats(feats, self.input_dim, " + ".join(self.path(f, video_id) for f in self.folders),
-                         video_id)
+        feats = np.concatenate(arrays, axis=1)
+        if dims[0] is None and feats.shape[1] != self.input_dim:
+            widths = " + ".join(str(a.shape[1]) for a in arrays)
+            raise ValueError(f"{' + '.join(paths)}: video '{video_id}': features have dimension "
+                             f"{widths} = {feats.shape[1]}, but dataset.input_dim is {self.input_dim}")
         return feats
 
 
