@@ -143,29 +143,47 @@ def local_attention_dense(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, win
     return v @ probs.transpose(-2, -1)
 
 
+def _band_of(scores: Tensor, window: int) -> Tensor:
+    """``(…, c, c+w-1)`` chunk scores -> ``(…, c, w)`` band: ``out[a, o] = scores[a, a+o]``."""
+    c = scores.shape[-2]
+    return F.pad(scores.flatten(-2), (0, c)).unflatten(-1, (c, c + window))[..., :window]
+
+
+def _band_to_chunk(band: Tensor) -> Tensor:
+    """Inverse of :func:`_band_of`: ``(…, c, w)`` -> ``(…, c, c+w-1)`` with zeros off the band."""
+    c, window = band.shape[-2:]
+    flat = F.pad(band, (0, c)).flatten(-2)[..., :-c]
+    return flat.unflatten(-1, (c, c + window - 1))
+
+
 def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
                     rel_pe: Optional[Tensor] = None) -> Tensor:
     """Local attention of spec C.6 in O(T·window) time and memory (never a ``T×T`` matrix).
 
     Same inputs, outputs and numbers as :func:`local_attention_dense` (rows of padded queries
-    excepted: they are garbage here and zeroed by the caller). The ``2h+1`` window slots are
-    visited as shifted views of the zero-padded keys / values.
+    excepted: they are garbage here and zeroed by the caller). Queries are cut into chunks of
+    ``c = 2·window`` steps; each chunk meets its ``c + 2h`` neighbouring keys in one matmul, and
+    the band of ``2h+1`` slots per query is cut out of (and pasted back into) that block.
+    Slots outside the sequence get the most negative half of the dtype's range instead of −∞:
+    the same zero weight, and no NaN in the rows of the chunk padding.
     """
     h = window // 2
-    T = q.shape[-1]
-    k_pad = F.pad(k, (h, h))
-    v_pad = F.pad(v, (h, h))
-    bias = F.pad(_key_bias(key_mask, q.dtype), (h, h), value=float("-inf"))    # B×1×(T+2h)
-    logits = torch.stack([(q * k_pad[..., o:o + T]).sum(dim=2) for o in range(2 * h + 1)],
-                         dim=2)                                                  # B×H×w×T
+    w = 2 * h + 1
+    B, H, d, T = q.shape
+    c = 2 * w
+    n = -(-T // c)
+    tail = n * c - T
+    outside = torch.finfo(q.dtype).min / 2
+    q_chunks = F.pad(q, (0, tail)).unflatten(-1, (n, c)).permute(0, 1, 3, 4, 2)   # B×H×n×c×d
+    k_spans = F.pad(k, (h, h + tail)).unfold(-1, c + 2 * h, c)                    # B×H×d×n×(c+2h)
+    v_spans = F.pad(v, (h, h + tail)).unfold(-1, c + 2 * h, c)
+    logits = _band_of(q_chunks @ k_spans.transpose(2, 3), w)                      # B×H×n×c×w
     if rel_pe is not None:
-        logits = logits + rel_pe.reshape(1, -1, 2 * h + 1, 1)
-    logits = logits + bias.unfold(2, T, 1)                                       # B×1×w×T view
-    probs = logits.softmax(dim=2)
-    out = probs[:, :, 0:1] * v_pad[..., 0:T]
-    for o in range(1, 2 * h + 1):
-        out = out + probs[:, :, o:o + 1] * v_pad[..., o:o + T]
-    return out
+        logits = logits + rel_pe.reshape(1, H, 1, 1, w)
+    bias = F.pad(_key_bias(key_mask, q.dtype), (h, h + tail), value=outside).unfold(-1, w, 1)
+    probs = (logits + bias.unflatten(2, (n, c))).softmax(dim=-1)                  # B×1×n×c×w
+    out = _band_to_chunk(probs) @ v_spans.permute(0, 1, 3, 4, 2)                  # B×H×n×c×d
+    return out.permute(0, 1, 4, 2, 3).reshape(B, H, d, n * c)[..., :T]
 
 
 def global_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
