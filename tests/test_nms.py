@@ -303,12 +303,19 @@ def test_batched_nms_backends_agree(soft, multiclass):
 def test_torch_nms_on_cuda_matches_cpu():
     segs, scores, offsets = random_groups(6, 200, 40)
     cpu = soft_nms_grouped(segs, scores, offsets, 0.3, 0.5, 0.001, backend="torch")
-    gpu = soft_nms_grouped(segs.cuda(), scores.cuda(), offsets, 0.3, 0.5, 0.001,
-                           backend="torch")
-    assert torch.equal(cpu[2], gpu[2].cpu())
-    hard_cpu = hard_nms_grouped(segs, scores, offsets, 0.3, backend="torch")
-    hard_gpu = hard_nms_grouped(segs.cuda(), scores.cuda(), offsets, 0.3, backend="torch")
+    gpu = [x.cpu() for x in soft_nms_grouped(segs.cuda(), scores.cuda(), offsets, 0.3, 0.5,
+                                             0.001, backend="torch")]
+    assert torch.equal(cpu[2], gpu[2])
+    rows = valid_rows(offsets, cpu[2])
+    assert torch.equal(cpu[1][rows], gpu[1][rows])
+    torch.testing.assert_close(cpu[0][rows], gpu[0][rows], rtol=0, atol=1e-6)
+    # hard NMS orders equal scores with the device's sort, so compare on distinct scores
+    unique = torch.randperm(len(scores), generator=torch.Generator().manual_seed(0)) + 1.0
+    hard_cpu = hard_nms_grouped(segs, unique, offsets, 0.3, backend="torch")
+    hard_gpu = hard_nms_grouped(segs.cuda(), unique.cuda(), offsets, 0.3, backend="torch")
     assert torch.equal(hard_cpu[1], hard_gpu[1].cpu())
+    rows = valid_rows(offsets, hard_cpu[1])
+    assert torch.equal(hard_cpu[0][rows], hard_gpu[0].cpu()[rows])
     labels = torch.randint(0, 3, (len(scores),))
     out = batched_nms(segs.cuda(), scores.cuda(), labels.cuda(), 0.3, 0.001, 100)
     assert out[0].is_cuda and out[0].shape[0] > 0

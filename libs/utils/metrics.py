@@ -94,20 +94,21 @@ def _database(path: str, content) -> dict:
 
 
 def _int_label(value, where: str, class_names: Optional[Mapping[str, int]] = None) -> int:
-    """A class id from an int, an integral float / numeric string, or a known class name."""
+    """A class id from an int, an integral float or numeric string, or a known class name."""
     if isinstance(value, str) and class_names and value in class_names:
-        return int(class_names[value])
-    if not isinstance(value, (bool, np.bool_, list, tuple, dict)) and value is not None:
+        return _int_label(class_names[value], where)
+    number = None
+    if not isinstance(value, (bool, np.bool_)):
         try:
-            as_float = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            as_float = None
-        if as_float is not None and as_float.is_integer():
-            return int(as_float)
-    what = "a known class name nor an integer id" if isinstance(value, str) else \
-        "an integer class id"
-    raise ValueError(f"{where}: {value!r} is neither {what}" if isinstance(value, str)
-                     else f"{where}: expected {what}, got {value!r}")
+            pass
+    if number is None or not number.is_integer():
+        kind = "a known class name nor an integer class id" if isinstance(value, str) else \
+            "an integer class id"
+        raise ValueError(f"{where}: {value!r} is neither {kind}" if isinstance(value, str)
+                         else f"{where}: expected {kind}, got {value!r}")
+    return int(number)
 
 
 def _segment(event, where: str) -> Tuple[float, float]:
@@ -149,7 +150,7 @@ def _ground_truth_from_database(json_file: str, database: dict, split, label: st
         for k, event in enumerate(entry["annotations"] or []):
             where = f"{json_file}: video '{vid}', annotation {k}"
             start, end = _segment(event, where)
-            for field in {label, "label_id"}:
+            for field in dict.fromkeys((label, "label_id")):
                 if field not in event:
                     raise ValueError(f"{where}: missing field '{field}'")
             events.append({"segment": (start, end),
@@ -427,6 +428,8 @@ class ANETdetection:
         self.class_names = class_names_from_database(database)
         self.ground_truth, self.video_ids = _ground_truth_from_database(ant_file, database,
                                                                         split, label)
+        if len(self.ground_truth) == 0:
+            raise ValueError(f"{ant_file}: split {split!r} has no ground-truth segments")
         # GT ids -> 0..K-1 in sorted order; predictions go through the same table
         self._gt_ids = np.unique(self.ground_truth["label"].to_numpy(np.int64))
         self.activity_index = {int(j): i for i, j in enumerate(self._gt_ids)}
@@ -489,9 +492,8 @@ class ANETdetection:
                            "count as false positives", source, unknown.sum(),
                            len(set(vids[unknown])), self.split, self.ant_file, vids[unknown][0])
 
-        pos = np.searchsorted(self._gt_ids, labels).clip(max=max(self._num_classes - 1, 0))
-        known = (self._gt_ids[pos] == labels) if self._num_classes else \
-            np.zeros(len(labels), dtype=bool)
+        pos = np.searchsorted(self._gt_ids, labels).clip(max=self._num_classes - 1)
+        known = self._gt_ids[pos] == labels
         if not known.all():
             absent = np.unique(labels[~known])
             action = "dropped (drop_unknown_labels)" if self.drop_unknown_labels else \
