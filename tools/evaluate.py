@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import sys
 from typing import List, Optional
 
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.utils.metrics import (DATASET_TIOU_THRESHOLDS, ANETdetection,  # noqa: E402
                                 default_tiou_thresholds, guess_dataset_name, metrics_to_dict)
+from libs.utils.prediction_io import load_predictions  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -56,25 +56,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="drop predictions of classes absent from the ground truth "
                              "instead of remapping them like the reference (see FAQ)")
     return parser.parse_args(argv)
-
-
-def load_predictions(path: str):
-    """A prediction JSON path (evaluated by ANETdetection) or the dict from a pickle."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such predictions file")
-    with open(path, "rb") as f:
-        if f.read(64).lstrip().startswith((b"{", b"[")):
-            return path
-        f.seek(0)
-        try:
-            preds = pickle.load(f)
-        except Exception as exc:   # noqa: BLE001 - any unpickling failure is a user error
-            raise ValueError(f"{path}: neither a prediction JSON nor a readable pickle "
-                             f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(preds, dict):
-        raise ValueError(f"{path}: the pickle holds a {type(preds).__name__}, expected a dict "
-                         f"with keys video-id, t-start, t-end, label, score")
-    return preds
 
 
 def format_table(tiou: np.ndarray, mAP: np.ndarray, average_mAP: float, recall: np.ndarray,
