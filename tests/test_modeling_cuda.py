@@ -11,7 +11,16 @@ from test_modeling_model import LENGTHS, _item, _run, _tiny_model
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def test_cpu_items_run_on_a_cuda_model_and_match_the_cpu_model():
+@pytest.fixture
+def no_tf32():
+    """Full fp32 on the GPU (TF32 convolutions alone differ from the CPU by ~1e-3)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_cpu_items_run_on_a_cuda_model_and_match_the_cpu_model(no_tf32):
     cpu_model = _tiny_model(test_cfg={"nms_method": "none"}).eval()
     gpu_model = _tiny_model(test_cfg={"nms_method": "none"}).eval()
     load_model_weights(gpu_model.cuda(), cpu_model.state_dict())
@@ -26,7 +35,7 @@ def test_cpu_items_run_on_a_cuda_model_and_match_the_cpu_model():
         assert g["segments"].shape == c["segments"].shape
 
 
-def test_batched_inference_equals_per_video_inference_on_cuda():
+def test_batched_inference_equals_per_video_inference_on_cuda(no_tf32):
     model = _tiny_model(test_cfg={"min_score": 0.001}).cuda().eval()
     items = [_item(f"v{i}", n, seed=i) for i, n in enumerate(LENGTHS)]
     batch_dets, _ = _run(model, items)
