@@ -107,6 +107,10 @@ def _load_array(file: FeatureFile):
     """The raw ``T x D`` array-like (numpy memmap, numpy array, torch tensor or h5py data set)."""
     ext = _extension(file.path)
     if ext == ".npy":
+        with open(file.path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise FeatureError(f"{file.where}: video '{file.video_id}': unreadable feature "
+                                   f"file (not a .npy array file)")
         return np.load(file.path, mmap_mode="r")
     if ext == ".npz":
         with np.load(file.path) as data:
@@ -191,7 +195,7 @@ class VideoFeatures:
         """Stored rows ``first:last:step`` as a ``D x n`` float32 tensor, checked finite."""
         raw = self._raw[first:last:step]
         rows = raw.float() if isinstance(raw, torch.Tensor) else \
-            torch.from_numpy(np.asarray(raw, dtype=np.float32))
+            torch.from_numpy(np.array(raw, dtype=np.float32))
         finite = torch.isfinite(rows)
         if not bool(finite.all()):
             row, channel = (~finite).nonzero()[0].tolist()
