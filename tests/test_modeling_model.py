@@ -80,6 +80,33 @@ def test_optional_parameters_follow_the_switches():
     assert "backbone.pos_embd" not in keys                 # buffers are not checkpointed
 
 
+def test_unknown_keys_are_ignored_in_train_and_test_cfg_only():
+    _tiny_model(train_cfg={"some_new_switch": 1}, test_cfg={"another_one": "x"})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_heads'"):
+        _tiny_model(n_heads=4)
+
+
+def test_multi_source_projection_splits_the_input_channels():
+    """Spec A.3: input_dim [4, 2] -> per-source 1×1 convs to [8, 8], embedding width 16."""
+    model = _tiny_model(input_dim=[4, 2], embd_dim=[8, 8])
+    keys = model.state_dict()
+    assert tuple(keys["backbone.proj.0.conv.weight"].shape) == (8, 4, 1)
+    assert tuple(keys["backbone.proj.1.conv.weight"].shape) == (8, 2, 1)
+    assert tuple(keys["backbone.embd.0.conv.weight"].shape) == (16, 16, 3)
+    # channels 4-5 reach the model only through proj.1: with its weight zeroed they do nothing
+    model.eval()
+    with torch.no_grad():
+        model.backbone.proj[1].conv.weight.zero_()
+    item = _item("v", 30, seed=4)
+    _, first = _run(model, [item])
+    item["feats"][4:] += 5.0
+    _, second = _run(model, [item])
+    torch.testing.assert_close(second["cls"][0], first["cls"][0], atol=0, rtol=0)
+    item["feats"][:4] += 5.0
+    _, third = _run(model, [item])
+    assert (third["cls"][0] - first["cls"][0]).abs().max() > 1e-2
+
+
 def test_empty_classes_get_a_very_negative_bias():
     model = _tiny_model(train_cfg={"head_empty_cls": [1]}, perturb=False)
     bias = model.cls_head.cls_head.conv.bias

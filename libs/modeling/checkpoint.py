@@ -41,7 +41,7 @@ def load_model_weights(model: nn.Module, ckpt_or_path: Union[str, os.PathLike, M
                        key: Optional[str] = "state_dict_ema",
                        map_location: Union[str, torch.device, None] = None,
                        weights_only: bool = True) -> None:
-    """Load weights into ``model`` strictly.
+    """Load weights into ``model`` (the bare model, not a DataParallel / DDP wrapper) strictly.
 
     ``ckpt_or_path``: a checkpoint file, a checkpoint dict (``key`` picks the state dict, e.g.
     ``state_dict_ema`` or ``state_dict``) or a state dict. A ``module.`` prefix on every key is

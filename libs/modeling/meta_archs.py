@@ -150,8 +150,10 @@ class LocPointTransformer(nn.Module):
         fpn_feats, fpn_masks = self.neck(feats, masks)
         level_extents = [downsample_mask(extent_mask, s) for s in self.fpn_strides]
         points = self.point_generator(fpn_feats)
-        cls_logits = [x.permute(0, 2, 1) for x in self.cls_head(fpn_feats, fpn_masks, level_extents)]
-        offsets = [x.permute(0, 2, 1) for x in self.reg_head(fpn_feats, fpn_masks, level_extents)]
+        # per level: B×C×T_l -> B×T_l×C, B×2×T_l -> B×T_l×2, B×1×T_l -> B×T_l
+        cls_logits = [t.permute(0, 2, 1)
+                      for t in self.cls_head(fpn_feats, fpn_masks, level_extents)]
+        offsets = [t.permute(0, 2, 1) for t in self.reg_head(fpn_feats, fpn_masks, level_extents)]
         fpn_masks = [m.squeeze(1) for m in fpn_masks]
         if self.training:
             return self.losses(video_list, points, fpn_masks, cls_logits, offsets)
