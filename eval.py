@@ -68,12 +68,12 @@ def resolve_checkpoint(path: str, epoch: int = -1) -> str:
 
 def results_to_json(results: Dict[str, Any]) -> Dict[str, Any]:
     """Prediction dict of spec F.5 -> ActivityNet-style ``{"version", "results": {vid: [
-    {"segment": [s, e], "label_id", "score"}]}, "external_data"}`` (seconds)."""
+    {"segment": [s, e], "label" (class id), "score"}]}, "external_data"}`` (seconds)."""
     per_video: Dict[str, list] = {}
     for vid, start, end, label, score in zip(results["video-id"], results["t-start"].tolist(),
                                              results["t-end"].tolist(), results["label"].tolist(),
                                              results["score"].tolist()):
-        per_video.setdefault(vid, []).append({"segment": [start, end], "label_id": label, "score": score})
+        per_video.setdefault(vid, []).append({"segment": [start, end], "label": label, "score": score})
     return {"version": "ActionFormer", "results": per_video, "external_data": {}}
 
 

@@ -53,6 +53,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None,
                         help="device, e.g. cpu or cuda:0 (default: the config's devices[0])")
     parser.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed precision (config key amp)")
+    parser.add_argument("--ema-decay", default=None, type=float,
+                        help="model EMA decay (config key ema_decay; default 0.999 as the reference). "
+                             "Short runs need less, e.g. 0.99: the EMA keeps 0.999**N of the initial weights")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. opt.epochs=10 loader.batch_size=4")
     return parser.parse_args(argv)
@@ -173,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     opt_cfg = dict(cfg["opt"], learning_rate=cfg["opt"]["learning_rate"] * world_size)
     optimizer = make_optimizer(model, opt_cfg)
     scheduler = make_scheduler(optimizer, cfg["opt"], iters_per_epoch)
-    model_ema = ModelEma(model)
+    ema_decay = args.ema_decay if args.ema_decay is not None else cfg.get("ema_decay", 0.999)
+    model_ema = ModelEma(model, decay=ema_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.get("amp") == "fp16")
     start_epoch, best_map = 0, None
     if args.resume:

@@ -19,8 +19,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as du
+from .lr_schedulers import make_scheduler  # noqa: F401  (the reference exports it from here)
 
-__all__ = ["make_optimizer", "ModelEma", "fix_random_seed", "get_rng_state", "set_rng_state",
+__all__ = ["make_optimizer", "make_scheduler", "ModelEma", "fix_random_seed", "get_rng_state", "set_rng_state",
            "save_checkpoint", "load_checkpoint", "add_module_prefix", "AverageMeter",
            "autocast_dtype", "train_one_epoch", "inference", "valid_one_epoch"]
 
