@@ -42,3 +42,16 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for key in ("epoch", "state_dict", "state_dict_ema", "optimizer", "scheduler", "loss_normalizer"):
         _assert_state_equal(a[key], b[key], key)
     assert a["loss_normalizer"] != 100.0          # the normaliser moved and was carried over
+
+
+def test_resume_from_a_reference_layout_checkpoint(tmp_path):
+    """A checkpoint with only the reference's keys resumes (approximately: no RNG / normaliser)."""
+    opts = make_tiny_demo(tmp_path, num_train=8, num_test=4, epochs=1) + ["loader.batch_size=4"]
+    first = _run(opts + ["opt.early_stop_epochs=1"], "ref")
+    ckpt = load_checkpoint(os.path.join(first["ckpt_folder"], "epoch_001.pth.tar"))
+    reference_keys = ("epoch", "state_dict", "scheduler", "optimizer", "state_dict_ema")
+    torch.save({k: ckpt[k] for k in reference_keys}, tmp_path / "reference.pth.tar")
+    resumed = _run(opts, "ref", "--resume", str(tmp_path / "reference.pth.tar"))
+    assert len(resumed["history"]) == 2          # epoch 2 only, 2 iterations
+    last = load_checkpoint(os.path.join(first["ckpt_folder"], "epoch_002.pth.tar"))
+    assert last["epoch"] == 2 and last["scheduler"]["last_epoch"] == 4
