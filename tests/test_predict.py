@@ -157,17 +157,21 @@ def test_bad_files_one_line_each_others_processed(demo, tmp_path, capsys):
     np.save(bad / "empty.npy", np.zeros((0, DIM), np.float32))
     (bad / "junk.npy").write_bytes(b"not an array")
     np.savez(bad / "wrongkey.npz", a=good, b=good)
+    np.save(bad / "truncated.npy", good)
+    with open(bad / "truncated.npy", "r+b") as f:
+        f.truncate(os.path.getsize(bad / "truncated.npy") - 4)
     out = tmp_path / "p.json"
     code = predict.main([demo["config"], demo["ckpt"], str(bad), str(demo["feat_dir"] / "vid0.npy"),
                          str(tmp_path / "missing.npy"), "--fps", "30", "--out", str(out)])
     err = capsys.readouterr().err.splitlines()
     assert code == 1
     errors = [ln for ln in err if ln.startswith("error: ")]
-    assert len(errors) == 7
+    assert len(errors) == 8
     expect = {"nan.npy": "NaN/Inf (first at stored step 7, channel 2)",
               "dim.npy": "dimension 5", "transposed.npy": "looks transposed",
               "empty.npy": "empty (T = 0)", "junk.npy": "not a .npy array file",
-              "wrongkey.npz": "field 'feats' not found", "missing.npy": "no such file"}
+              "wrongkey.npz": "field 'feats' not found", "missing.npy": "no such file",
+              "truncated.npy": "unreadable feature file (the file is truncated"}
     for name, text in expect.items():
         line = next(ln for ln in errors if name in ln)
         assert text in line, line
@@ -195,12 +199,13 @@ def test_feature_containers_give_the_same_detections(demo, tmp_path):
         h5["d"] = feats
         h5.create_group("sub")["e"] = feats.astype(np.float16)
     np.save(folder / "f.npy", feats)
+    np.save(folder / "g.npy", np.asfortranarray(feats))      # read whole, not row by row
     out = tmp_path / "p.json"
     assert predict.main([demo["config"], demo["ckpt"], str(folder), "--fps", "30", "--out",
                          str(out), "--min-score", "0"]) == 0
     results = json.loads(out.read_text())["results"]
-    assert sorted(results) == list("abcdef")
-    for vid in "bdf":
+    assert sorted(results) == list("abcdefg")
+    for vid in "bdfg":
         assert results[vid] == results["a"]
     for vid in "ce":   # float16 on disk: same model, slightly different input values
         assert len(results[vid]) == len(results["a"])

@@ -108,7 +108,10 @@ def plot_video(video_id: str, dets: pd.DataFrame, gt: Optional[pd.DataFrame],
         timeline.axhline(num_lanes - num_gt, color="0.5", linewidth=0.8)
     timeline.set_ylim(0, num_lanes)
     timeline.set_xlim(0, duration)
-    classes = sorted(set(shown["label"].astype(int)) | set(gt_rows["label"].astype(int)))
+    classes = set(shown["label"].astype(int)) | set(gt_rows["label"].astype(int))
+    if curve is not None:
+        classes |= set(range(np.shape(curve["scores"])[1]))
+    classes = sorted(classes)
     if classes:
         timeline.legend(handles=[Patch(color=class_colour(c), label=names.get(c, str(c)))
                                  for c in classes], loc="lower left", bbox_to_anchor=(0, 1.0),

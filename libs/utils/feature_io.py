@@ -2,9 +2,10 @@
 
 A video's features are a ``T x D`` array (time-major, one row per clip feature; spec A.2) in
 
-* a ``.npy`` file (memory-mapped: only the rows asked for are read),
+* a ``.npy`` file (only the rows asked for are read),
 * a ``.npz`` file (the array ``feats``, or its only array; read whole),
-* a ``.pt`` file (a tensor, or a dict holding ``feats``; memory-mapped when torch can), or
+* a ``.pt`` file (a tensor, or a dict holding ``feats``; memory-mapped when torch can, so the
+  pages read may count in the resident memory until the file is closed), or
 * a data set inside an HDF5 file (``.h5`` / ``.hdf5``; one video per data set, sliced lazily).
 
 The video id is the file name without its extension, or the HDF5 data set name. Problems (missing
@@ -103,15 +104,53 @@ def find_feature_files(paths: Sequence[str]) -> Tuple[List[FeatureFile], List[st
     return unique, problems
 
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class _NpyRows:
+    """Rows of a C-ordered 2-D ``.npy`` file (data from byte ``offset``), read on demand with
+    plain file reads. Unlike a memory map, rows once read do not stay mapped into the process,
+    so reading a long video window by window keeps the resident memory flat."""
+
+    def __init__(self, path: str, offset: int, shape: Tuple[int, int], dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        first, last, step = index.indices(self.shape[0])
+        count = max(last - first, 0)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + first * self.shape[1] * self.dtype.itemsize)
+            rows = np.fromfile(f, dtype=self.dtype, count=count * self.shape[1])
+        return rows.reshape(count, self.shape[1])[::step]
+
+
+def _open_npy(path: str):
+    """:class:`_NpyRows` for a C-ordered numeric 2-D array, else the whole array."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADER_READERS:
+            return np.load(path)
+        shape, fortran_order, dtype = _NPY_HEADER_READERS[version](f)
+        offset = f.tell()
+    if fortran_order or dtype.hasobject or len(shape) != 2:
+        return np.load(path)
+    expected = offset + shape[0] * shape[1] * dtype.itemsize
+    if os.path.getsize(path) < expected:
+        raise ValueError(f"the file is truncated ({os.path.getsize(path)} bytes, the header "
+                         f"announces {expected} for shape {shape})")
+    return _NpyRows(path, offset, shape, dtype)
+
+
 def _load_array(file: FeatureFile):
-    """The raw ``T x D`` array-like (numpy memmap, numpy array, torch tensor or h5py data set)."""
+    """The raw ``T x D`` array-like (numpy array, torch tensor, h5py data set or lazy rows)."""
     ext = _extension(file.path)
     if ext == ".npy":
         with open(file.path, "rb") as f:
             if f.read(6) != b"\x93NUMPY":
                 raise FeatureError(f"{file.where}: video '{file.video_id}': unreadable feature "
                                    f"file (not a .npy array file)")
-        return np.load(file.path, mmap_mode="r")
+        return _open_npy(file.path)
     if ext == ".npz":
         with np.load(file.path) as data:
             keys = list(data.keys())
