@@ -94,12 +94,12 @@ class VideoInfo:
         self.class_names: Dict[int, str] = {}
         if path is None:
             return
+        names = read_class_names(path)      # also reports unreadable files
         if path.lower().endswith(".json"):
             with open(path, "r", encoding="utf8") as f:
                 content = json.load(f)
-            if isinstance(content, dict) and isinstance(content.get("database"), dict):
+            if isinstance(content.get("database"), dict):
                 self.database = content["database"]
-        names = read_class_names(path)
         outside = [i for i in names if not 0 <= i < num_classes]
         if outside:
             print(f"warning: {path}: class ids up to {max(outside)} but the model has "
