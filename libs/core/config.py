@@ -113,6 +113,10 @@ DEFAULTS: Dict[str, Any] = {
 # are filled in like the defaults, so a resolved config always shows them.
 EXTRA_DEFAULTS: Dict[str, Any] = {
     "amp": None,                  # None | 'bf16' | 'fp16': autocast around the model's forward
+    "ema_decay": 0.999,           # model EMA decay per iteration (the reference's constant)
+    "test_cfg": {
+        "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
+    },                            # (changes outputs near video ends, spec C.2; faster on short videos)
 }
 
 # Keys with no default that a YAML may (or, for data paths, should) carry (spec G).
