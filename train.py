@@ -28,6 +28,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from libs.core import ConfigError, load_config, save_config
+from libs.core.cli import run_main
 from libs.datasets import make_data_loader, make_dataset
 from libs.modeling import make_meta_arch
 from libs.modeling.checkpoint import load_model_weights
@@ -239,11 +240,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
-        if os.environ.get("ACTIONFORMER_DEBUG") == "1":
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"train.py: error: {message}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "train.py")

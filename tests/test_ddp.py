@@ -15,7 +15,7 @@ import torch
 
 import train
 from libs.utils.train_utils import load_checkpoint
-from test_engine_e2e import CONFIG, make_tiny_demo, read_scalars, single_thread  # noqa: F401 (autouse fixture)
+from test_engine_e2e import CONFIG, make_tiny_demo, read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

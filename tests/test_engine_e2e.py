@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import eval as eval_cli
 import train
@@ -19,15 +18,6 @@ CONFIG = "configs/demo.yaml"
 MAP_FLOOR = 0.60          # measured 0.98 (fp32 and bf16) after 10 epochs; with EMA decay 0.999: 0.14
 BF16_MAP_FLOOR = 0.50
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run up to 10x slower with two
-    threads competing for a core (OpenMP barrier spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_tiny_demo(root, num_train=48, num_test=16, seed=0, epochs=9):

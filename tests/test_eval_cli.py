@@ -13,7 +13,7 @@ import eval as eval_cli
 import train
 from libs.utils import ANETdetection
 from libs.utils.train_utils import load_checkpoint
-from test_engine_e2e import CONFIG, make_tiny_demo, single_thread  # noqa: F401 (autouse fixture)
+from test_engine_e2e import CONFIG, make_tiny_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

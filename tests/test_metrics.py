@@ -268,7 +268,7 @@ def test_dataset_defaults():
 # Agreement with the naive loops on random data
 # ------------------------------------------------------------------------------------------
 def random_problem(rng, num_videos, num_classes, quantize):
-    videos, gt_events = {}, []
+    videos = {}
     for v in range(num_videos):
         events = []
         for _ in range(rng.integers(0, 6)):

@@ -10,15 +10,6 @@ from libs.core.config import DEFAULTS
 from libs.modeling import make_meta_arch
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These models are tiny: one thread avoids OpenMP spin-waits on a loaded 2-core machine
-    (measured: the overfit test took 100 s with 2 busy threads, 4 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------------------------------
 # Checkpoint compatibility

@@ -299,16 +299,8 @@ def test_windowed_equals_whole_video_when_it_fits(demo):
     assert torch.equal(step_scores(masks, logits, (1, 2, 4), 100), curve)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny training loops run ~10x faster on one thread when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-def test_windows_of_a_long_video_find_the_planted_actions(one_thread):
+def test_windows_of_a_long_video_find_the_planted_actions():
     """Train the tiny model to find the synthetic actions, then plant 8 actions in a video of
     1,500 steps (several near window cuts) and process it in windows of 128 steps."""
     torch.manual_seed(0)

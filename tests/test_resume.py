@@ -5,7 +5,7 @@ import torch
 
 import train
 from libs.utils.train_utils import load_checkpoint
-from test_engine_e2e import CONFIG, make_tiny_demo, single_thread  # noqa: F401 (autouse fixture)
+from test_engine_e2e import CONFIG, make_tiny_demo
 
 
 def _run(opts, name, *extra):
