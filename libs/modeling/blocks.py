@@ -11,11 +11,21 @@ batch with a longer one; it must look like the tensor border. Modules therefore 
 tensor): convolutions with a kernel wider than 1 see zeros beyond it. Nothing else needs it:
 stride-2 convolutions and max-pools of an even extent never read past it, attention masks those
 keys anyway, and every masked output is zero there.
+
+Memory layout (GitHub issue #7). Shapes stay ``B×C×T``, but the fast paths keep the *memory*
+channels-last (strides ``(T·C, 1, C)``, i.e. a ``B×T×C`` buffer seen through ``transpose(1, 2)``):
+1×1 convolutions become one GEMM (``F.linear``), LayerNorm becomes the fused ``F.layer_norm``,
+depthwise convolutions and max-pools run channels-last. The first such layer converts its input
+(the model's channel-first features); element-wise ops keep the layout; dense k-tap convolutions
+(embedding, heads) stay oneDNN ``conv1d``, which reorders its input itself. The reference's plain channel-first formulation is kept next to each fast path
+as ``forward_reference``; :func:`reference_formulation` runs the whole model with it (benchmark
+baseline; ``tests/test_fast_paths.py`` proves both agree to 1e-5, outputs and gradients).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,13 +33,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "downsample_mask", "MaskedConv1D", "LayerNorm", "sinusoid_position_table",
+    "reference_formulation", "downsample_mask", "MaskedConv1D", "FastConv1d",
+    "ChannelsLastMaxPool1d", "LayerNorm", "sinusoid_position_table",
     "local_attention", "local_attention_dense", "global_attention", "MaskedMHCA",
     "TransformerBlock", "ConvBlock", "Scale", "drop_path", "AffineDropPath",
 ]
 
 # Logit offset of a padded key inside the window (spec C.6); the reference uses -1e4, not -inf.
 PADDED_KEY_LOGIT = -1e4
+
+_REFERENCE_MODE = [False]
+
+
+@contextmanager
+def reference_formulation(enabled: bool = True) -> Iterator[None]:
+    """Within this context every module runs its ``forward_reference`` (the reference's plain
+    channel-first formulation, spec C.2-C.6) instead of its fast path. For benchmarks and
+    equivalence tests; not thread-safe."""
+    previous = _REFERENCE_MODE[0]
+    _REFERENCE_MODE[0] = enabled
+    try:
+        yield
+    finally:
+        _REFERENCE_MODE[0] = previous
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """``B×C×T`` -> contiguous ``B×T×C`` buffer (no copy when ``x`` is channels-last already)."""
+    return x.transpose(1, 2).contiguous()
 
 
 def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
@@ -53,8 +84,7 @@ class MaskedConv1D(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
         self.stride = stride
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride,
-                              padding=kernel_size // 2, groups=groups, bias=bias)
+        self.conv = FastConv1d(in_channels, out_channels, kernel_size, stride, groups, bias)
         if bias:
             nn.init.zeros_(self.conv.bias)
 
@@ -66,14 +96,68 @@ class MaskedConv1D(nn.Module):
         if extent is not None and self.conv.kernel_size[0] > 1:
             x = x * extent.to(x.dtype)
         out_mask = downsample_mask(mask, self.stride)
-        return self.conv(x) * out_mask.to(x.dtype), out_mask
+        out = self.conv(x)
+        return out * out_mask.to(out.dtype), out_mask
+
+
+class FastConv1d(nn.Conv1d):
+    """``Conv1d`` with padding ``k//2`` (same parameters and checkpoint names), computed in the
+    cheapest memory layout.
+
+    forward: x ``B×C_in×T`` (any layout) -> ``B×C_out×T/stride``. 1×1 kernels run as one GEMM
+    on the (strided) steps and depthwise kernels as a channels-last 2-D conv, both returning
+    channels-last memory. Dense k-tap kernels stay oneDNN ``conv1d``: measured on this CPU it
+    beats a GEMM over a k-step window, forward and backward.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
+                 stride: int = 1, groups: int = 1, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding=kernel_size // 2, groups=groups, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _REFERENCE_MODE[0]:
+            return self.forward_reference(x)
+        k, stride = self.kernel_size[0], self.stride[0]
+        if self.groups > 1 or (k > 1 and not x.is_contiguous()):
+            x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            return F.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, stride), (0, k // 2),
+                            groups=self.groups).squeeze(2)
+        if k == 1:
+            return F.linear(_channels_last(x)[:, ::stride], self.weight.squeeze(-1),
+                            self.bias).transpose(1, 2)
+        return super().forward(x)
+
+    def forward_reference(self, x: Tensor) -> Tensor:
+        """Plain definition: ``Conv1d`` on the channel-first input."""
+        return super().forward(x)
+
+
+class ChannelsLastMaxPool1d(nn.MaxPool1d):
+    """``MaxPool1d`` (−∞ padding at the tensor border) that keeps channels-last memory.
+
+    forward: x ``B×C×T`` -> ``B×C×T'``; runs as a 1×k 2-D pool on the ``B×C×1×T`` view.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _REFERENCE_MODE[0]:
+            return self.forward_reference(x)
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.max_pool2d(x4, (1, self.kernel_size), (1, self.stride),
+                            (0, self.padding)).squeeze(2)
+
+    def forward_reference(self, x: Tensor) -> Tensor:
+        """Plain definition: ``MaxPool1d`` on the channel-first input."""
+        return super().forward(x)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the channel axis of ``B×C×T``, written out as the reference does.
+    """LayerNorm over the channel axis of ``B×C×T``.
 
     ``y = (x - mean_c) / sqrt(var_c + eps) · weight + bias`` (biased variance); weight and bias
-    have shape ``1×C×1`` (checkpoint layout, spec C.12).
+    have shape ``1×C×1`` (checkpoint layout, spec C.12). Computed by the fused ``F.layer_norm``
+    on the channels-last buffer (output channels-last); :meth:`forward_reference` writes it out
+    as the reference does.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -88,6 +172,16 @@ class LayerNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _REFERENCE_MODE[0]:
+            return self.forward_reference(x)
+        weight = bias = None
+        if self.weight is not None:
+            weight, bias = self.weight.view(-1), self.bias.view(-1)
+        return F.layer_norm(_channels_last(x), (self.num_channels,), weight, bias,
+                            self.eps).transpose(1, 2)
+
+    def forward_reference(self, x: Tensor) -> Tensor:
+        """Plain definition: eight element-wise passes over the channel-first tensor."""
         centred = x - x.mean(dim=1, keepdim=True)
         var = (centred ** 2).mean(dim=1, keepdim=True)
         out = centred / torch.sqrt(var + self.eps)
@@ -183,7 +277,8 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: i
     bias = F.pad(_key_bias(key_mask, q.dtype), (h, h + tail), value=outside).unfold(-1, w, 1)
     probs = (logits + bias.unflatten(2, (n, c))).softmax(dim=-1)                  # B×1×n×c×w
     out = _band_to_chunk(probs) @ v_spans.permute(0, 1, 3, 4, 2)                  # B×H×n×c×d
-    return out.permute(0, 1, 4, 2, 3).reshape(B, H, d, n * c)[..., :T]
+    # B×H×d×T seen on a B×T×H×d buffer: heads.flatten(1, 2) is channels-last B×E×T, no copy
+    return out.permute(0, 2, 3, 1, 4).reshape(B, n * c, H, d)[:, :T].permute(0, 2, 3, 1)
 
 
 def global_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
@@ -225,11 +320,11 @@ class MaskedMHCA(nn.Module):
         self.key_norm = LayerNorm(n_embd)
         self.value_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
         self.value_norm = LayerNorm(n_embd)
-        self.key = nn.Conv1d(n_embd, n_embd, 1)
-        self.query = nn.Conv1d(n_embd, n_embd, 1)
-        self.value = nn.Conv1d(n_embd, n_embd, 1)
+        self.key = FastConv1d(n_embd, n_embd)
+        self.query = FastConv1d(n_embd, n_embd)
+        self.value = FastConv1d(n_embd, n_embd)
         self.proj_drop = nn.Dropout(proj_pdrop)
-        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.proj = FastConv1d(n_embd, n_embd)
         if use_rel_pe:
             self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
             std = (2.0 / n_embd) ** 0.5
@@ -245,15 +340,13 @@ class MaskedMHCA(nn.Module):
         q = self.query(self.query_norm(q))
         k = self.key(self.key_norm(k))
         v = self.value(self.value_norm(v))
-        B, E, T = q.shape
-        q = q.view(B, self.n_head, self.head_dim, T) * self.scale
-        k = k.view(B, self.n_head, self.head_dim, T)
-        v = v.view(B, self.n_head, self.head_dim, T)
+        heads = (self.n_head, self.head_dim)        # channel c -> head c // d (any layout)
+        q, k, v = q.unflatten(1, heads) * self.scale, k.unflatten(1, heads), v.unflatten(1, heads)
         if self.window_size > 1:
             out = local_attention(q, k, v, out_mask, self.window_size, self.rel_pe)
         else:
             out = global_attention(q, k, v, out_mask)
-        out = self.proj_drop(self.proj(out.reshape(B, E, T)))
+        out = self.proj_drop(self.proj(out.flatten(1, 2)))
         return out * out_mask.to(out.dtype), out_mask
 
 
@@ -273,12 +366,13 @@ class TransformerBlock(nn.Module):
         self.ln2 = LayerNorm(n_embd)
         self.attn = MaskedMHCA(n_embd, n_head, window_size, stride, proj_pdrop, use_rel_pe)
         if stride > 1:
-            self.pool_skip = nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2)
+            self.pool_skip = ChannelsLastMaxPool1d(stride + 1, stride=stride,
+                                                   padding=(stride + 1) // 2)
         else:
             self.pool_skip = nn.Identity()
         self.mlp = nn.Sequential(
-            nn.Conv1d(n_embd, 4 * n_embd, 1), nn.GELU(), nn.Dropout(proj_pdrop),
-            nn.Conv1d(4 * n_embd, n_embd, 1), nn.Dropout(proj_pdrop))
+            FastConv1d(n_embd, 4 * n_embd), nn.GELU(), nn.Dropout(proj_pdrop),
+            FastConv1d(4 * n_embd, n_embd), nn.Dropout(proj_pdrop))
         if path_pdrop > 0.0:
             self.drop_path_attn = AffineDropPath(n_embd, drop_prob=path_pdrop)
             self.drop_path_mlp = AffineDropPath(n_embd, drop_prob=path_pdrop)
