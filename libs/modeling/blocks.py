@@ -119,7 +119,7 @@ class FastConv1d(nn.Conv1d):
         if _REFERENCE_MODE[0]:
             return self.forward_reference(x)
         k, stride = self.kernel_size[0], self.stride[0]
-        if self.groups > 1 or (k > 1 and not x.is_contiguous()):
+        if self.groups > 1:
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
             return F.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, stride), (0, k // 2),
                             groups=self.groups).squeeze(2)
