@@ -4,10 +4,9 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..utils.metrics import remove_duplicate_annotations
-from .data_utils import ProblemReport
+from .data_utils import ProblemReport, resize_to_fixed_length
 from .datasets import ActionDataset, register_dataset
 
 
@@ -45,12 +44,9 @@ class ActivityNetDataset(ActionDataset):
     def _resample(self, video: Dict[str, Any], feats: np.ndarray) -> Tuple[torch.Tensor, float, float]:
         if not self.force_upsampling:
             return super()._resample(video, feats)
-        # every resized step covers the same share of the frames the T0 windows span
-        feat_stride = float((feats.shape[0] - 1) * self.feat_stride + self.num_frames) / self.max_seq_len
         feats = torch.from_numpy(np.ascontiguousarray(feats.transpose()))
-        if feats.shape[-1] != self.max_seq_len:
-            feats = F.interpolate(feats[None], size=self.max_seq_len, mode="linear",
-                                  align_corners=False)[0]
+        feats, feat_stride = resize_to_fixed_length(feats, self.feat_stride, self.num_frames,
+                                                    self.max_seq_len)
         return feats, feat_stride, feat_stride
 
     def _clip_to_features(self, video: Dict[str, Any], segments: torch.Tensor, labels: torch.Tensor,

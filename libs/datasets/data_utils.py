@@ -11,11 +11,12 @@ import os
 import random
 import warnings
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 __all__ = ["DataWarning", "ProblemReport", "FeatureReader", "seconds_to_grid", "truncate_feats",
            "trivial_batch_collator", "worker_init_reset_seed"]
@@ -251,3 +252,19 @@ def worker_init_reset_seed(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def resize_to_fixed_length(feats: torch.Tensor, feat_stride: float, num_frames: float,
+                           max_seq_len: int) -> Tuple[torch.Tensor, float]:
+    """ActivityNet's ``force_upsampling`` (spec B.2): ``D x T0`` features -> ``D x max_seq_len``.
+
+    Linear interpolation with ``align_corners=False`` (identity when ``T0 == max_seq_len``).
+    Returns the resized features and the effective stride in frames,
+    ``((T0 - 1) * feat_stride + num_frames) / max_seq_len``, which is also the effective window:
+    every resized step covers the same share of the frames the ``T0`` windows span.
+    """
+    num_stored = feats.shape[-1]
+    feat_stride_eff = float((num_stored - 1) * feat_stride + num_frames) / max_seq_len
+    if num_stored != max_seq_len:
+        feats = F.interpolate(feats[None], size=max_seq_len, mode="linear", align_corners=False)[0]
+    return feats, feat_stride_eff

@@ -21,7 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 import torch
-from torch.nn import functional as F
+
+from ..datasets.data_utils import resize_to_fixed_length
 
 __all__ = ["FEATURE_EXTENSIONS", "FeatureError", "FeatureFile", "VideoFeatures",
            "find_feature_files", "open_features"]
@@ -219,13 +220,9 @@ class VideoFeatures:
         self.num_frames = float(num_frames)
         self._resized = None
         if force_upsampling:   # spec B.2, ActivityNet: the whole video on max_seq_len steps
-            feats = self._rows(0, self.num_stored, 1)
-            self.feat_stride = ((self.num_stored - 1) * feat_stride + num_frames) / max_seq_len
+            self._resized, self.feat_stride = resize_to_fixed_length(
+                self._rows(0, self.num_stored, 1), feat_stride, num_frames, max_seq_len)
             self.num_frames = self.feat_stride
-            if feats.shape[1] != max_seq_len:
-                feats = F.interpolate(feats[None], size=max_seq_len, mode="linear",
-                                      align_corners=False)[0]
-            self._resized = feats
             self.shape = (input_dim, max_seq_len)
         else:
             self.shape = (input_dim, (self.num_stored + downsample_rate - 1) // downsample_rate)
