@@ -1,0 +1,261 @@
+"""Speed and memory of the THUMOS model (configs/thumos_i3d.yaml): reference formulation vs ours.
+
+Side by side, with the same weights and inputs (random features, batch 2 × 2048 × 2304):
+
+* ``reference`` — the reference's plain formulation (spec C.2-C.6: ``Conv1d`` projections,
+  channel-first LayerNorm written out, ``MaxPool1d``; attention is this project's chunked band,
+  already leaner than the reference's Longformer chunks), run under
+  :func:`libs.modeling.blocks.reference_formulation`;
+* ``ours`` — the default fast paths (channels-last GEMMs, fused LayerNorm, GitHub issue #7);
+
+each in fp32 and with ``--amp bf16`` semantics (``torch.autocast`` around the forward). Rows:
+training iteration (forward + backward + AdamW step), inference per video (2,304 steps, incl.
+NMS), peak memory of whole-video inference at 2,304 / 9,216 / 36,864 steps (fp32, one fresh
+subprocess per configuration: peak resident memory (VmHWM) above the resident memory after model,
+input and a warm-up forward on CPU; ``torch.cuda.max_memory_allocated`` above the allocated memory
+on CUDA), and efficiency: the model's FLOPs per iteration (3 × forward, from
+``tools/model_summary.py``) over the time, next to a 2048² matmul's FLOP rate (the ceiling).
+Timed configurations run interleaved, round-robin, so that load from other processes spreads
+over all of them; min and median are printed.
+
+    python tools/benchmark.py [--quick] [--device cpu|cuda] [--threads N] [--repeats R]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from libs.core import load_config  # noqa: E402
+from libs.modeling import make_meta_arch  # noqa: E402
+from libs.modeling.blocks import reference_formulation  # noqa: E402
+
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                      "thumos_i3d.yaml")
+TRAIN_LENGTH = 2304
+MEMORY_LENGTHS = (2304, 9216, 36864)
+IMPLS = ("reference", "ours")
+PRECISIONS = ("fp32", "bf16")
+
+
+def build_model(device: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = load_config(CONFIG)
+    return make_meta_arch(cfg["model_name"], **cfg["model"]).to(device)
+
+
+def make_item(length: int, seed: int) -> Dict:
+    """A random THUMOS-like video: 2048 × ``length`` features, three actions (grid units)."""
+    g = torch.Generator().manual_seed(seed)
+    segments = torch.tensor([[0.1, 0.15], [0.3, 0.5], [0.6, 0.62]]) * length
+    return {"video_id": f"random_{seed}", "feats": torch.randn(2048, length, generator=g),
+            "segments": segments, "labels": torch.tensor([0, 5, 19]), "fps": 30.0,
+            "duration": length * 4 / 30.0, "feat_stride": 4, "feat_num_frames": 16}
+
+
+@contextlib.contextmanager
+def mode(impl: str, precision: str, device: str) -> Iterator[None]:
+    """The implementation (``reference`` / ``ours``) and the autocast of the forward."""
+    with (reference_formulation() if impl == "reference" else contextlib.nullcontext()), \
+            torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                           enabled=precision == "bf16"):
+        yield
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], None], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: List[Dict],
+                  impl: str, precision: str, device: str) -> Callable[[], None]:
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with mode(impl, precision, device):
+            loss = model(batch)["final_loss"]
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def inference_step(model: torch.nn.Module, item: Dict, impl: str, precision: str,
+                   device: str) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad(), mode(impl, precision, device):
+            model([item])
+    return step
+
+
+def round_robin(steps: Dict[str, Callable[[], None]], repeats: int, device: str
+                ) -> Dict[str, List[float]]:
+    """One warm-up call each, then ``repeats`` rounds calling every step once per round."""
+    for step in steps.values():
+        step()
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(_timed(step, device))
+    return times
+
+
+def matmul_rate(dtype: torch.dtype, device: str, repeats: int = 5) -> float:
+    """FLOP/s of a 2048 × 2048 × 2048 matmul (best of ``repeats``)."""
+    a = torch.randn(2048, 2048, device=device).to(dtype)
+    b = torch.randn(2048, 2048, device=device).to(dtype)
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats + 1))
+    return 2 * 2048 ** 3 / best
+
+
+def forward_flops_per_video(length: int) -> float:
+    """FLOPs of one forward pass (backbone, neck, heads) on one video, from the model summary."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from model_summary import model_summary
+    with torch.device("cpu"):
+        model = build_model("cpu")
+    return 2.0 * sum(row["macs"] for row in model_summary(model, length))
+
+
+# ------------------------------------------------------------------------------------------
+# Peak memory, one subprocess per configuration
+# ------------------------------------------------------------------------------------------
+def _proc_status_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux; ru_maxrss cannot be reset and survives exec)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def memory_probe(length: int, impl: str, device: str) -> Dict[str, float]:
+    """Peak memory of one fp32 inference forward of ``length`` steps above what model, input
+    and a warm-up forward already hold (MiB)."""
+    model = build_model(device).eval()
+    item = make_item(length, 3)
+    with torch.no_grad(), mode(impl, "fp32", device):
+        model([make_item(TRAIN_LENGTH, 4)])                 # warm-up (allocator, kernels)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2 ** 20
+            seconds = _timed(lambda: model([item]), device)
+            peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        else:
+            base = _proc_status_mib("VmRSS")
+            _reset_peak_rss()
+            seconds = _timed(lambda: model([item]), device)
+            peak = _proc_status_mib("VmHWM")
+    return {"seconds": seconds, "extra_mib": peak - base}
+
+
+def run_probe(length: int, impl: str, device: str, threads: Optional[int]) -> Dict[str, float]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--probe", str(length), "--impl", impl,
+           "--device", device] + (["--threads", str(threads)] if threads else [])
+    # glibc returns every block of 64 KiB or more to the system when freed (no adaptive mmap
+    # threshold, no heap fragments): resident memory then follows the live tensors
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------
+def _row(label: str, values: Dict[str, str]) -> str:
+    return f"| {label} | " + " | ".join(values[k] for k in _COLUMNS) + " |"
+
+
+_COLUMNS = [f"{impl} {prec}" for impl in IMPLS for prec in PRECISIONS]
+
+
+def _fmt_times(times: List[float]) -> str:
+    return f"{min(times):.3f} / {statistics.median(times):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 timed rounds; memory at 2,304 and 9,216 steps only")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds (default 5, --quick 2)")
+    parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--impl", default="ours", choices=IMPLS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.probe is not None:
+        print(json.dumps(memory_probe(args.probe, args.impl, args.device)))
+        return
+    device = args.device
+    repeats = args.repeats or (2 if args.quick else 5)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__}, device {device} ({name}), "
+          f"{torch.get_num_threads()} threads; times in s as min / median of {repeats} rounds")
+
+    configs = [(impl, prec) for impl in IMPLS for prec in PRECISIONS]
+    model = build_model(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    model.train()
+    batch = [make_item(TRAIN_LENGTH, 0), make_item(TRAIN_LENGTH, 1)]
+    train = round_robin({f"{i} {p}": training_step(model, optimizer, batch, i, p, device)
+                         for i, p in configs}, repeats, device)
+    model.eval()
+    item = make_item(TRAIN_LENGTH, 2)
+    infer = round_robin({f"{i} {p}": inference_step(model, item, i, p, device)
+                         for i, p in configs}, repeats, device)
+    del model, optimizer
+
+    base_train, base_infer = min(train["reference fp32"]), min(infer["reference fp32"])
+    flops = 3 * forward_flops_per_video(TRAIN_LENGTH) * len(batch)
+    peak = {"fp32": matmul_rate(torch.float32, device), "bf16": matmul_rate(torch.bfloat16, device)}
+
+    print(f"\n| | {' | '.join(_COLUMNS)} |\n|---|" + "---|" * len(_COLUMNS))
+    print(_row("training iteration, s (2 × 2048 × 2304)", {k: _fmt_times(v) for k, v in train.items()}))
+    print(_row("speed-up vs reference fp32 (min)",
+               {k: f"{base_train / min(v):.2f}x" for k, v in train.items()}))
+    print(_row("inference per video, s (2304 steps, incl. NMS)",
+               {k: _fmt_times(v) for k, v in infer.items()}))
+    print(_row("speed-up vs reference fp32 (min)",
+               {k: f"{base_infer / min(v):.2f}x" for k, v in infer.items()}))
+    print(_row("training GFLOP/s (model FLOPs / min time)",
+               {k: f"{flops / min(v) / 1e9:.0f}" for k, v in train.items()}))
+    print(_row("2048² matmul GFLOP/s (ceiling)",
+               {k: f"{peak[k.split()[1]] / 1e9:.0f}" for k in _COLUMNS}))
+    print(f"\nmodel FLOPs per training iteration: {flops / 1e9:.0f} G "
+          f"(3 × forward, batch {len(batch)})")
+
+    kind = "allocated" if device.startswith("cuda") else "resident"
+    lengths = MEMORY_LENGTHS[:2] if args.quick else MEMORY_LENGTHS
+    print(f"\nwhole-video inference, fp32: peak {kind} memory above model + input, MiB (time, s)")
+    print("| steps | reference | ours | ratio |\n|---|---|---|---|")
+    for length in lengths:
+        ref, ours = (run_probe(length, impl, device, args.threads) for impl in IMPLS)
+        print(f"| {length} | {ref['extra_mib']:.0f} ({ref['seconds']:.2f}) | "
+              f"{ours['extra_mib']:.0f} ({ours['seconds']:.2f}) | "
+              f"{ours['extra_mib'] / ref['extra_mib']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
