@@ -144,6 +144,19 @@ class LocPointTransformer(nn.Module):
     # ----------------------------------------------------------------------------------------
     def forward(self, video_list: Sequence[Mapping[str, Any]]
                 ) -> Union[Dict[str, Tensor], List[Dict[str, Any]]]:
+        extents, points, fpn_masks, cls_logits, offsets = self.forward_levels(video_list)
+        if self.training:
+            return self.losses(video_list, points, fpn_masks, cls_logits, offsets)
+        return self.inference(video_list, extents, points, fpn_masks, cls_logits, offsets)
+
+    def forward_levels(self, video_list: Sequence[Mapping[str, Any]]
+                       ) -> Tuple[List[int], List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+        """The network pass, before losses or decoding.
+
+        Returns per-video padded extents and, per pyramid level l (``T_l`` = padded length /
+        stride): points ``T_l×4`` (grid units), masks ``B×T_l`` (bool), class logits
+        ``B×T_l×C`` and offsets ``B×T_l×2`` (in units of the level stride).
+        """
         x, mask, extents = self.preprocessing(video_list)
         extent_mask = self._extent_mask(extents, x.shape[-1], x.device)
         feats, masks = self.backbone(x, mask, extent_mask)
@@ -155,9 +168,7 @@ class LocPointTransformer(nn.Module):
                       for t in self.cls_head(fpn_feats, fpn_masks, level_extents)]
         offsets = [t.permute(0, 2, 1) for t in self.reg_head(fpn_feats, fpn_masks, level_extents)]
         fpn_masks = [m.squeeze(1) for m in fpn_masks]
-        if self.training:
-            return self.losses(video_list, points, fpn_masks, cls_logits, offsets)
-        return self.inference(video_list, extents, points, fpn_masks, cls_logits, offsets)
+        return extents, points, fpn_masks, cls_logits, offsets
 
     # ----------------------------------------------------------------------------------------
     def padded_length(self, length: int) -> int:

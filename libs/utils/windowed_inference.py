@@ -86,14 +86,8 @@ def level_outputs(model: nn.Module, item: Mapping[str, Any]
     Returns points ``T_l x 4`` (grid units), masks ``T_l`` (bool), class logits ``T_l x C`` and
     offsets ``T_l x 2`` (in strides), ``T_l`` = padded length / stride of level l.
     """
-    x, mask, _ = model.preprocessing([item])
-    feats, masks = model.backbone(x, mask)
-    feats, masks = model.neck(feats, masks)
-    points = model.point_generator(feats)
-    logits = model.cls_head(feats, masks)
-    offsets = model.reg_head(feats, masks)
-    return (points, [m[0, 0] for m in masks], [c[0].t() for c in logits],
-            [o[0].t() for o in offsets])
+    _, points, masks, logits, offsets = model.forward_levels([item])
+    return points, [m[0] for m in masks], [c[0] for c in logits], [o[0] for o in offsets]
 
 
 def step_scores(masks: Sequence[Tensor], cls_logits: Sequence[Tensor], strides: Sequence[int],
