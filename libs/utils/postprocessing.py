@@ -15,8 +15,9 @@ from typing import Dict, List, Mapping, Union
 import numpy as np
 import torch
 
-__all__ = ["load_external_scores", "load_results_from_pkl", "postprocess_results",
-           "segments_to_seconds"]
+from .prediction_io import read_predictions
+
+__all__ = ["load_external_scores", "postprocess_results", "segments_to_seconds"]
 
 ResultsDict = Dict[str, Union[List[str], np.ndarray]]
 
@@ -35,14 +36,6 @@ def segments_to_seconds(segs_grid: torch.Tensor, feat_stride: float, num_frames:
     beyond = segs >= duration
     segs[beyond] = segs[beyond] * 0.0 + duration
     return segs
-
-
-def load_results_from_pkl(filename: str) -> ResultsDict:
-    """Load a results dict pickled by ``eval.py --saveonly``."""
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f"{filename}: no such results file")
-    with open(filename, "rb") as f:
-        return pickle.load(f)
 
 
 def load_external_scores(filename: str) -> Mapping[str, np.ndarray]:
@@ -101,11 +94,12 @@ def postprocess_results(results: Union[ResultsDict, str], cls_score_file: str,
     discarded. Videos come out in sorted id order, float64 arrays.
 
     Args:
-        results: a results dict, or the path of a pickled one.
+        results: a results dict, or the path of a prediction file (the pickle or JSON that
+            ``eval.py --saveonly`` writes, read by :func:`read_predictions`).
         cls_score_file: external scores (see ``load_external_scores``).
     """
     if isinstance(results, str):
-        results = load_results_from_pkl(results)
+        results = read_predictions(results)
     per_video = _group_by_video(results, num_pred)
     cls_scores = load_external_scores(cls_score_file)
 
