@@ -26,6 +26,7 @@ from libs.core.cli import run_main
 from libs.datasets import make_data_loader, make_dataset
 from libs.modeling import make_meta_arch
 from libs.modeling.checkpoint import load_model_weights
+from libs.utils.cpu_memory import reuse_freed_memory
 from libs.utils.train_utils import fix_random_seed, inference, load_checkpoint
 from train import resolve_device
 
@@ -89,6 +90,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     start = time.time()
 
     fix_random_seed(0, include_cuda=True)
+    reuse_freed_memory()
     val_dataset = make_dataset(cfg["dataset_name"], False, cfg["val_split"], **cfg["dataset"])
     val_loader = make_data_loader(val_dataset, False, None, args.batch_size, cfg["loader"]["num_workers"])
 

@@ -33,6 +33,7 @@ from libs.datasets import make_data_loader, make_dataset
 from libs.modeling import make_meta_arch
 from libs.modeling.checkpoint import load_model_weights
 from libs.utils import distributed as du
+from libs.utils.cpu_memory import reuse_freed_memory
 from libs.utils.lr_schedulers import make_scheduler
 from libs.utils.train_utils import (ModelEma, add_module_prefix, fix_random_seed, get_rng_state,
                                     load_checkpoint, make_optimizer, save_checkpoint, set_rng_state,
@@ -145,6 +146,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
               f"torchrun --nproc_per_node={len(cfg['devices'])} for several", file=sys.stderr)
 
     # 1. seeds (the global torch generator also shuffles the training data), folders
+    reuse_freed_memory()
     rng_generator = fix_random_seed(cfg["init_rand_seed"], include_cuda=True)
     ckpt_folder = experiment_folder(cfg, args.config, args.output)
     tb_writer = None

@@ -15,11 +15,13 @@ keys anyway, and every masked output is zero there.
 Memory layout (GitHub issue #7). Shapes stay ``B×C×T``, but the fast paths keep the *memory*
 channels-last (strides ``(T·C, 1, C)``, i.e. a ``B×T×C`` buffer seen through ``transpose(1, 2)``):
 1×1 convolutions become one GEMM (``F.linear``), LayerNorm becomes the fused ``F.layer_norm``,
-depthwise convolutions and max-pools run channels-last. The first such layer converts its input
-(the model's channel-first features); element-wise ops keep the layout; dense k-tap convolutions
-(embedding, heads) stay oneDNN ``conv1d``, which reorders its input itself. The reference's plain channel-first formulation is kept next to each fast path
-as ``forward_reference``; :func:`reference_formulation` runs the whole model with it (benchmark
-baseline; ``tests/test_fast_paths.py`` proves both agree to 1e-5, outputs and gradients).
+depthwise convolutions, max-pools and k-tap convolutions after a LayerNorm run channels-last
+(NHWC); element-wise ops keep the layout. Only the first embedding convolution reads the model's
+channel-first features as they are. Local attention is an O(T·w) band (:func:`local_attention`).
+The reference's plain channel-first formulation is kept next to each fast path as
+``forward_reference`` (attention: :func:`local_attention_chunked`); :func:`reference_formulation`
+runs the whole model with it (benchmark baseline; ``tests/test_fast_paths.py`` proves both agree
+to 1e-5, outputs and gradients).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from torch import Tensor, nn
 __all__ = [
     "reference_formulation", "downsample_mask", "MaskedConv1D", "FastConv1d",
     "ChannelsLastMaxPool1d", "LayerNorm", "sinusoid_position_table",
-    "local_attention", "local_attention_dense", "global_attention", "MaskedMHCA",
+    "local_attention", "local_attention_dense", "local_attention_chunked", "global_attention",
+    "MaskedMHCA",
     "TransformerBlock", "ConvBlock", "Scale", "drop_path", "AffineDropPath",
 ]
 
@@ -48,8 +51,9 @@ _REFERENCE_MODE = [False]
 @contextmanager
 def reference_formulation(enabled: bool = True) -> Iterator[None]:
     """Within this context every module runs its ``forward_reference`` (the reference's plain
-    channel-first formulation, spec C.2-C.6) instead of its fast path. For benchmarks and
-    equivalence tests; not thread-safe."""
+    channel-first formulation, spec C.2-C.6) and local attention runs
+    :func:`local_attention_chunked`, instead of the fast paths. For benchmarks and equivalence
+    tests; not thread-safe."""
     previous = _REFERENCE_MODE[0]
     _REFERENCE_MODE[0] = enabled
     try:
@@ -61,6 +65,11 @@ def reference_formulation(enabled: bool = True) -> Iterator[None]:
 def _channels_last(x: Tensor) -> Tensor:
     """``B×C×T`` -> contiguous ``B×T×C`` buffer (no copy when ``x`` is channels-last already)."""
     return x.transpose(1, 2).contiguous()
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    """True when ``B×C×T`` ``x`` lies in memory as a contiguous ``B×T×C`` buffer."""
+    return x.shape[1] > 1 and x.transpose(1, 2).is_contiguous()
 
 
 def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
@@ -105,9 +114,11 @@ class FastConv1d(nn.Conv1d):
     cheapest memory layout.
 
     forward: x ``B×C_in×T`` (any layout) -> ``B×C_out×T/stride``. 1×1 kernels run as one GEMM
-    on the (strided) steps and depthwise kernels as a channels-last 2-D conv, both returning
-    channels-last memory. Dense k-tap kernels stay oneDNN ``conv1d``: measured on this CPU it
-    beats a GEMM over a k-step window, forward and backward.
+    on the (strided) steps; depthwise kernels, and dense k-tap kernels on channels-last input
+    (head and second embedding convs, after a LayerNorm), as a channels-last (NHWC) 2-D conv;
+    all of these return channels-last memory. A dense kernel on channel-first input (the raw
+    features) stays a channel-first ``conv1d``. Measured on this CPU (fp32 and bf16, forward and
+    backward), each beats both the other layout and a GEMM over a k-step window.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
@@ -119,13 +130,13 @@ class FastConv1d(nn.Conv1d):
         if _REFERENCE_MODE[0]:
             return self.forward_reference(x)
         k, stride = self.kernel_size[0], self.stride[0]
-        if self.groups > 1:
+        if k == 1 and self.groups == 1:
+            return F.linear(_channels_last(x)[:, ::stride], self.weight.squeeze(-1),
+                            self.bias).transpose(1, 2)
+        if self.groups > 1 or _is_channels_last(x):
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
             return F.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, stride), (0, k // 2),
                             groups=self.groups).squeeze(2)
-        if k == 1:
-            return F.linear(_channels_last(x)[:, ::stride], self.weight.squeeze(-1),
-                            self.bias).transpose(1, 2)
         return super().forward(x)
 
     def forward_reference(self, x: Tensor) -> Tensor:
@@ -281,6 +292,69 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: i
     return out.permute(0, 2, 3, 1, 4).reshape(B, n * c, H, d)[:, :T].permute(0, 2, 3, 1)
 
 
+def _overlapping_chunks(x: Tensor, h: int) -> Tensor:
+    """``N×T×d`` -> ``N×(T/h - 1)×2h×d`` view: chunks of ``2h`` steps, neighbours overlapping by h."""
+    return x.unfold(1, 2 * h, h).transpose(2, 3)
+
+
+def _chunk_scores_to_band(scores: Tensor, h: int) -> Tensor:
+    """All-pairs chunk scores ``N×n×2h×2h`` -> window band ``N×T×(2h+1)`` (``T = (n+1)·h``).
+
+    Slot ``h + o`` of query p holds its score with key ``p + o``. Offsets ``0…h`` come from the
+    chunk in whose first half p lies (the last h queries: the second half of the last chunk),
+    offsets ``-h…-1`` from the chunk in whose second half it lies. Slots of keys outside the
+    sequence are −∞.
+    """
+    N, n, c, _ = scores.shape
+    # re-read every chunk with rows of 2h+1: column s is the diagonal at offset s (row r) or,
+    # for s > 2h - 1 - r, the diagonal at offset s - 2h - 1 (row r + 1)
+    skewed = F.pad(scores, (0, 0, 0, 1)).view(N, n, c, c + 1)
+    band = scores.new_empty(N, n + 1, h, 2 * h + 1)
+    band[:, :-1, :, h:] = skewed[:, :, :h, :h + 1]
+    band[:, -1, :, h:] = skewed[:, -1, h:, :h + 1]
+    band[:, 1:, :, :h] = skewed[:, :, h - 1:-1, h + 1:]
+    band[:, 0, 1:h, 1:h] = skewed[:, 0, :h - 1, h + 2:]
+    band = band.view(N, (n + 1) * h, 2 * h + 1)
+    outside = torch.arange(2 * h + 1, device=scores.device)[None, :] < (
+        h - torch.arange(h, device=scores.device))[:, None]           # row i: slots < h - i
+    band[:, :h].masked_fill_(outside, float("-inf"))
+    band[:, -h:].masked_fill_(outside.flip(0, 1), float("-inf"))
+    return band
+
+
+def local_attention_chunked(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
+                            rel_pe: Optional[Tensor] = None) -> Tensor:
+    """The reference's formulation of :func:`local_attention` (Longformer-style chunks, spec C.6),
+    kept as the benchmark baseline (:func:`reference_formulation`).
+
+    Sequences are cut into chunks of ``2h`` steps overlapping by ``h``; each chunk computes all
+    ``2h × 2h`` query-key scores (about twice the band), the band is copied out of them, and
+    the key mask goes through the same chunked product (a ones "query" against the mask bias).
+    Probabilities meet the values in chunks of ``3h`` keys. Needs ``T`` divisible by ``2h``.
+    Same inputs and outputs as :func:`local_attention` (padded query rows are 0 here).
+    """
+    h = window // 2
+    B, H, d, T = q.shape
+    if T % (2 * h) != 0:
+        raise ValueError(f"chunked local attention needs a length divisible by {2 * h}, got {T}")
+    q, k, v = (x.transpose(2, 3).reshape(B * H, T, d) for x in (q, k, v))   # N×T×d copies
+    scores = _overlapping_chunks(q, h) @ _overlapping_chunks(k, h).transpose(2, 3)
+    logits = _chunk_scores_to_band(scores, h).view(B, H, T, window).transpose(1, 2)  # B×T×H×w
+    if rel_pe is not None:
+        logits = logits + rel_pe
+    key_bias = _key_bias(key_mask, q.dtype).view(B, T, 1)
+    mask_scores = _overlapping_chunks(torch.ones_like(key_bias), h) @ \
+        _overlapping_chunks(key_bias, h).transpose(2, 3)
+    logits = logits + _chunk_scores_to_band(mask_scores, h).view(B, T, 1, window)
+    probs = logits.softmax(dim=-1).masked_fill(~key_mask.view(B, T, 1, 1), 0.0)
+    # probabilities of each h-query group shifted onto the 3h keys [start - h, start + 2h)
+    probs = probs.transpose(1, 2).reshape(B * H, T // h, h, window)
+    shifted = F.pad(probs, (0, h + 1)).flatten(-2)[..., :-h].view(B * H, T // h, h, 3 * h + 1)
+    values = F.pad(v, (0, 0, h, h), value=-1.0).unfold(1, 3 * h, h)       # N×(T/h)×d×3h
+    out = shifted[..., :-1] @ values.transpose(2, 3)                       # N×(T/h)×h×d
+    return out.view(B, H, T, d).transpose(2, 3)
+
+
 def global_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
     """Full attention over the real keys (spec C.6, global variant)."""
     logits = q.transpose(-2, -1) @ k                                    # B×H×T×T
@@ -343,7 +417,8 @@ class MaskedMHCA(nn.Module):
         heads = (self.n_head, self.head_dim)        # channel c -> head c // d (any layout)
         q, k, v = q.unflatten(1, heads) * self.scale, k.unflatten(1, heads), v.unflatten(1, heads)
         if self.window_size > 1:
-            out = local_attention(q, k, v, out_mask, self.window_size, self.rel_pe)
+            attend = local_attention_chunked if _REFERENCE_MODE[0] else local_attention
+            out = attend(q, k, v, out_mask, self.window_size, self.rel_pe)
         else:
             out = global_attention(q, k, v, out_mask)
         out = self.proj_drop(self.proj(out.flatten(1, 2)))
