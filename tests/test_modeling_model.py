@@ -8,6 +8,8 @@ import torch
 from libs.core import load_config
 from libs.core.config import DEFAULTS
 from libs.modeling import make_meta_arch
+from libs.modeling.blocks import (chunked_inference_applies, inference_chunk_steps,
+                                  reference_formulation)
 
 
 
@@ -184,6 +186,48 @@ def test_batched_inference_equals_per_video_inference(variant):
         # same detections; two with scores equal to ~1e-8 may come out in either order
         torch.testing.assert_close(_sorted_detections(batch_dets[b]),
                                    _sorted_detections(dets[0]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", [
+    {}, {"use_abs_pe": True}, {"backbone_type": "conv", "fpn_type": "fpn"},
+    {"n_mha_win_size": [5, 5, 5, -1]}, {"n_mha_win_size": [3, 5, 7, 9]}])
+@pytest.mark.parametrize("steps", [6, 11])
+def test_chunked_inference_equals_whole_video_inference(variant, steps):
+    """Long inputs at inference run embedding, blocks, MLPs and heads in time chunks with halos
+    (issue #7, memory); a chunk size of 6 or 11 steps cuts every level of these videos, alone
+    and in a batch of different lengths (extents)."""
+    model = _tiny_model(test_cfg={"nms_method": "soft", "min_score": 0.001}, **variant).eval()
+    items = [_item("long", 250, seed=1), _item("short", 100, seed=2)]
+    for batch in ([items[0]], items):
+        with inference_chunk_steps(None):
+            whole_dets, whole = _run(model, batch)
+        with inference_chunk_steps(steps):
+            chunked_dets, chunked = _run(model, batch)
+        for key in ("cls", "reg"):
+            for a, b in zip(chunked[key], whole[key]):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for a, b in zip(chunked_dets, whole_dets):
+            torch.testing.assert_close(_sorted_detections(a), _sorted_detections(b),
+                                       atol=1e-5, rtol=0)
+
+
+def test_chunking_is_for_inference_only():
+    model = _tiny_model()
+    items = [_item("a", 64, seed=1), _item("b", 40, seed=2)]
+    losses = []
+    normalizer = model.loss_normalizer
+    for steps in (None, 4):
+        with inference_chunk_steps(steps):
+            torch.manual_seed(0)
+            model.loss_normalizer = normalizer
+            losses.append(model(items)["final_loss"])
+    assert losses[0].item() == losses[1].item()
+    with inference_chunk_steps(4):
+        assert not chunked_inference_applies(100)               # autograd on: training
+        with torch.no_grad():
+            assert chunked_inference_applies(8) and not chunked_inference_applies(7)
+            with reference_formulation():
+                assert not chunked_inference_applies(100)
 
 
 def _sorted_detections(dets):

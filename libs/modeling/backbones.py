@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import (ConvBlock, LayerNorm, MaskedConv1D, TransformerBlock, downsample_mask,
+from .blocks import (ConvBlock, LayerNorm, MaskedConv1D, TransformerBlock,
+                     chunked_inference_applies, downsample_mask, map_time_chunks,
                      sinusoid_position_table)
 from .models import register_backbone
 
@@ -48,6 +49,12 @@ class _EmbeddingBackbone(nn.Module):
         return n_embd
 
     def _embed(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        if chunked_inference_applies(x.shape[-1]):
+            halo = sum(conv.conv.kernel_size[0] // 2 for conv in self.embd)
+            return map_time_chunks(self._embed_steps, (x, mask, extent), halo)
+        return self._embed_steps(x, mask, extent)
+
+    def _embed_steps(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
         if self.proj is not None:
             x = torch.cat([proj(part, mask)[0]
                            for proj, part in zip(self.proj, x.split(list(self.n_in), dim=1))],
@@ -63,7 +70,17 @@ class _EmbeddingBackbone(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
                 ) -> Tuple[List[Tensor], List[Tensor]]:
-        x = self._add_position(self._embed(x, mask, extent), mask, extent)
+        return self.pyramid(self.embed(x, mask, extent), mask, extent)
+
+    def embed(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None) -> Tensor:
+        """Input features ``B×D×T`` -> embedded ``B×E×T`` (embedding convs, position encoding).
+        The first half of :meth:`forward`; a caller that drops its input after this call frees
+        the largest tensor of inference early."""
+        return self._add_position(self._embed(x, mask, extent), mask, extent)
+
+    def pyramid(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
+                ) -> Tuple[List[Tensor], List[Tensor]]:
+        """Embedded ``B×E×T`` -> (features, masks) per level: the second half of :meth:`forward`."""
         for block in self.stem:
             x, mask = block(x, mask, extent)
         feats, masks = [x], [mask]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "reference_formulation", "downsample_mask", "MaskedConv1D", "FastConv1d",
+    "reference_formulation", "inference_chunk_steps", "chunked_inference_applies",
+    "map_time_chunks", "downsample_mask", "MaskedConv1D", "FastConv1d",
     "ChannelsLastMaxPool1d", "LayerNorm", "sinusoid_position_table",
     "local_attention", "local_attention_dense", "local_attention_chunked", "global_attention",
     "MaskedMHCA",
@@ -60,6 +61,59 @@ def reference_formulation(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _REFERENCE_MODE[0] = previous
+
+
+# Inference (no autograd) on long inputs runs the local, length-preserving parts of the network
+# (embedding, stride-1 Transformer blocks, MLPs, heads) over chunks of this many steps plus halos:
+# their temporaries then take memory for one chunk instead of the whole video (issue #7).
+_INFERENCE_CHUNK = [4096]
+
+
+@contextmanager
+def inference_chunk_steps(steps: Optional[int]) -> Iterator[None]:
+    """Within this context, inference cuts inputs of at least ``2·steps`` steps into chunks of
+    ``steps`` (None: never). Default 4,096. Results agree with unchunked inference to float32
+    rounding."""
+    previous = _INFERENCE_CHUNK[0]
+    _INFERENCE_CHUNK[0] = steps
+    try:
+        yield
+    finally:
+        _INFERENCE_CHUNK[0] = previous
+
+
+def chunked_inference_applies(length: int) -> bool:
+    """True when a ``length``-step input is processed in chunks: no autograd, fast paths, and at
+    least twice the chunk size (so that a chunk with its halos is never cut again)."""
+    steps = _INFERENCE_CHUNK[0]
+    return (steps is not None and length >= 2 * steps and not torch.is_grad_enabled()
+            and not _REFERENCE_MODE[0])
+
+
+def map_time_chunks(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]],
+                    halo: int, stride: int = 1) -> Tensor:
+    """``fn(*inputs)`` for a local ``fn``, computed chunk by chunk along time.
+
+    inputs: ``B×·×T`` tensors (or None) sliced along time; ``fn`` maps ``t`` input steps to a
+    ``B×C×t/stride`` output whose step i depends on input steps
+    ``[stride·i - halo, stride·i + halo]`` only (``halo`` a multiple of ``stride``). Each output
+    chunk is computed from an input slice reaching ``halo`` steps beyond it on both sides (never
+    beyond the tensor, whose borders stay borders), so it sees what it sees in the whole
+    tensor. Returns ``B×C×T/stride`` in channels-last memory.
+    """
+    steps = _INFERENCE_CHUNK[0]
+    T = next(t for t in inputs if t is not None).shape[-1]
+    T_out = T // stride
+    out = None
+    for start in range(0, T_out, steps):
+        stop = min(T_out, start + steps)
+        lo, hi = max(0, stride * start - halo), min(T, stride * stop + halo)
+        part = fn(*[None if t is None else t[..., lo:hi] for t in inputs])
+        if out is None:
+            out = part.new_empty(part.shape[0], T_out, part.shape[1]).transpose(1, 2)
+        first = start - lo // stride
+        out[..., start:stop] = part[..., first:first + stop - start]
+    return out
 
 
 def _channels_last(x: Tensor) -> Tensor:
@@ -457,10 +511,25 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Tensor]:
+        window, stride = self.attn.window_size, self.attn.stride
+        if window > 1 and chunked_inference_applies(x.shape[-1]):
+            # output step t reads x on [s·(t - h) - 1, s·(t + h) + 1] (window, q/k/v convs,
+            # pooled skip); halo rounded up to a multiple of the stride s
+            out = map_time_chunks(lambda *xs: self._forward(*xs)[0], (x, mask, extent),
+                                  halo=stride * (window // 2 + 1), stride=stride)
+            return out, downsample_mask(mask, stride)
+        return self._forward(x, mask, extent)
+
+    def _forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]
+                 ) -> Tuple[Tensor, Tensor]:
         out, out_mask = self.attn(self.ln1(x), mask, extent)
         keep = out_mask.to(out.dtype)
         out = self.pool_skip(x) * keep + self.drop_path_attn(out)
-        out = out + self.drop_path_mlp(self.mlp(self.ln2(out)) * keep)
+        if chunked_inference_applies(out.shape[-1]):          # the MLP is step-wise
+            mlp_out = map_time_chunks(lambda y: self.mlp(self.ln2(y)), (out,), halo=0)
+        else:
+            mlp_out = self.mlp(self.ln2(out))
+        out = out + self.drop_path_mlp(mlp_out * keep)
         return out, out_mask
 
 

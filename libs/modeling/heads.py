@@ -6,12 +6,12 @@ level -> one output per level: logits ``B×C×T_l`` or offsets ``B×2×T_l``.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import LayerNorm, MaskedConv1D, Scale
+from .blocks import LayerNorm, MaskedConv1D, Scale, chunked_inference_applies, map_time_chunks
 
 __all__ = ["ClsHead", "RegHead"]
 
@@ -29,6 +29,7 @@ class _ConvTower(nn.Module):
     def __init__(self, input_dim: int, feat_dim: int, num_layers: int, kernel_size: int,
                  with_ln: bool) -> None:
         super().__init__()
+        self.kernel_size = kernel_size
         self.act = nn.ReLU()
         self.head = nn.ModuleList()
         self.norm = nn.ModuleList()
@@ -41,6 +42,15 @@ class _ConvTower(nn.Module):
         for conv, norm in zip(self.head, self.norm):
             x = self.act(norm(conv(x, mask, extent)[0]))
         return x
+
+    def _level(self, output: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor], x: Tensor,
+               mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        """``output(x, mask, extent)`` of one level, in time chunks for long inference inputs
+        (the trunk and the final conv are all k-tap convs: halo = their half-kernels)."""
+        if not chunked_inference_applies(x.shape[-1]):
+            return output(x, mask, extent)
+        halo = (len(self.head) + 1) * (self.kernel_size // 2)
+        return map_time_chunks(output, (x, mask, extent), halo)
 
 
 def _per_level(extents: Optional[Sequence[Optional[Tensor]]], n_levels: int
@@ -63,7 +73,9 @@ class ClsHead(_ConvTower):
 
     def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor],
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:
-        return [self.cls_head(self._trunk(x, mask, extent), mask, extent)[0]
+        def logits(x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+            return self.cls_head(self._trunk(x, mask, extent), mask, extent)[0]
+        return [self._level(logits, x, mask, extent)
                 for x, mask, extent in zip(feats, masks, _per_level(extents, len(feats)))]
 
 
@@ -81,6 +93,11 @@ class RegHead(_ConvTower):
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:
         if len(feats) != len(self.scale):
             raise ValueError(f"{len(feats)} feature levels for {len(self.scale)} scales")
-        return [F.relu(scale(self.offset_head(self._trunk(x, mask, extent), mask, extent)[0]))
+        def level_offsets(scale: Scale) -> Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]:
+            def offsets(x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+                return F.relu(scale(self.offset_head(self._trunk(x, mask, extent), mask,
+                                                     extent)[0]))
+            return offsets
+        return [self._level(level_offsets(scale), x, mask, extent)
                 for x, mask, extent, scale in zip(feats, masks, _per_level(extents, len(feats)),
                                                   self.scale)]

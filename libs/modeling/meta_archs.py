@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from libs.core.config import DEFAULTS, max_div_factor
@@ -41,6 +40,12 @@ def _length_mask(lengths: Sequence[int], T: int, device: torch.device) -> Tensor
     """``B×1×T`` bool mask, True on the first ``lengths[b]`` steps of row b."""
     return (torch.arange(T, device=device)[None, :]
             < torch.as_tensor(lengths, device=device)[:, None])[:, None, :]
+
+
+def _all_finite(x: Tensor) -> bool:
+    """No NaN or ±Inf in ``x``, without a temporary of its size (min and max propagate NaN)."""
+    low, high = torch.aminmax(x)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 @register_meta_arch("LocPointTransformer")
@@ -159,8 +164,13 @@ class LocPointTransformer(nn.Module):
         """
         x, mask, extents = self.preprocessing(video_list)
         extent_mask = self._extent_mask(extents, x.shape[-1], x.device)
-        feats, masks = self.backbone(x, mask, extent_mask)
+        # the two halves of the backbone, so that the padded input (4x the embedding's size
+        # for THUMOS) and then the backbone's features are freed as soon as they are used
+        x = self.backbone.embed(x, mask, extent_mask)
+        feats, masks = self.backbone.pyramid(x, mask, extent_mask)
+        del x
         fpn_feats, fpn_masks = self.neck(feats, masks)
+        del feats
         level_extents = [downsample_mask(extent_mask, s) for s in self.fpn_strides]
         points = self.point_generator(fpn_feats)
         # per level: B×C×T_l -> B×T_l×C, B×2×T_l -> B×T_l×2, B×1×T_l -> B×T_l
@@ -196,12 +206,12 @@ class LocPointTransformer(nn.Module):
             extents = [self.padded_length(n) for n in lengths]
         T = max(extents)
         device = self.device
-        x = torch.cat([F.pad(item["feats"].to(device, torch.float32), (0, T - n))[None]
-                       for item, n in zip(video_list, lengths)], dim=0)
+        x = torch.zeros(len(video_list), video_list[0]["feats"].shape[0], T, device=device)
+        for row, item, n in zip(x, video_list, lengths):
+            row[:, :n] = item["feats"]
         mask = _length_mask(lengths, T, device)
-        if not bool(torch.isfinite(x).all()):
-            bad = [item["video_id"] for item in video_list
-                   if not bool(torch.isfinite(item["feats"]).all())]
+        if not _all_finite(x):
+            bad = [item["video_id"] for item in video_list if not _all_finite(item["feats"])]
             raise ValueError(f"video {', '.join(map(repr, bad))}: field 'feats' contains NaN or "
                              f"Inf values")
         return x, mask, extents
