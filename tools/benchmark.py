@@ -3,20 +3,22 @@
 Side by side, with the same weights and inputs (random features, batch 2 × 2048 × 2304):
 
 * ``reference`` — the reference's plain formulation (spec C.2-C.6: ``Conv1d`` projections,
-  channel-first LayerNorm written out, ``MaxPool1d``; attention is this project's chunked band,
-  already leaner than the reference's Longformer chunks), run under
-  :func:`libs.modeling.blocks.reference_formulation`;
-* ``ours`` — the default fast paths (channels-last GEMMs, fused LayerNorm, GitHub issue #7);
+  channel-first LayerNorm written out, ``MaxPool1d``, Longformer-style chunked local attention),
+  run under :func:`libs.modeling.blocks.reference_formulation`;
+* ``ours`` — the default fast paths (channels-last GEMMs and NHWC convolutions, fused LayerNorm,
+  O(T·w) band attention, chunked long-video inference; GitHub issue #7);
 
 each in fp32 and with ``--amp bf16`` semantics (``torch.autocast`` around the forward). Rows:
 training iteration (forward + backward + AdamW step), inference per video (2,304 steps, incl.
-NMS), peak memory of whole-video inference at 2,304 / 9,216 / 36,864 steps (fp32, one fresh
+NMS), both with glibc keeping freed memory as train.py / eval.py set it (for both columns, so the
+reference gains from it too), peak memory of whole-video inference at 2,304 / 9,216 / 36,864 steps (fp32, one fresh
 subprocess per configuration: peak resident memory (VmHWM) above the resident memory after model,
 input and a warm-up forward on CPU; ``torch.cuda.max_memory_allocated`` above the allocated memory
 on CUDA), and efficiency: the model's FLOPs per iteration (3 × forward, from
 ``tools/model_summary.py``) over the time, next to a 2048² matmul's FLOP rate (the ceiling).
 Timed configurations run interleaved, round-robin, so that load from other processes spreads
-over all of them; min and median are printed.
+over all of them; min and median are printed, and speed-ups are the median over rounds of the
+ratio within the round (robust to the machine's speed drifting between rounds).
 
     python tools/benchmark.py [--quick] [--device cpu|cuda] [--threads N] [--repeats R]
 """
@@ -38,6 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from libs.core import load_config  # noqa: E402
 from libs.modeling import make_meta_arch  # noqa: E402
 from libs.modeling.blocks import reference_formulation  # noqa: E402
+from libs.utils.cpu_memory import reuse_freed_memory  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                       "thumos_i3d.yaml")
@@ -192,6 +195,11 @@ def _fmt_times(times: List[float]) -> str:
     return f"{min(times):.3f} / {statistics.median(times):.3f}"
 
 
+def _paired_speedup(base: List[float], times: List[float]) -> float:
+    """Median over rounds of ``base[i] / times[i]``."""
+    return statistics.median(b / t for b, t in zip(base, times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -199,7 +207,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds (default 5, --quick 2)")
+                        help="timed rounds (default 7, --quick 2)")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="ours", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,7 +217,8 @@ def main() -> None:
         print(json.dumps(memory_probe(args.probe, args.impl, args.device)))
         return
     device = args.device
-    repeats = args.repeats or (2 if args.quick else 5)
+    reuse_freed_memory()                        # as train.py / eval.py; not in the probes
+    repeats = args.repeats or (2 if args.quick else 7)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
     print(f"torch {torch.__version__}, device {device} ({name}), "
           f"{torch.get_num_threads()} threads; times in s as min / median of {repeats} rounds")
@@ -227,18 +236,18 @@ def main() -> None:
                          for i, p in configs}, repeats, device)
     del model, optimizer
 
-    base_train, base_infer = min(train["reference fp32"]), min(infer["reference fp32"])
+    base_train, base_infer = train["reference fp32"], infer["reference fp32"]
     flops = 3 * forward_flops_per_video(TRAIN_LENGTH) * len(batch)
     peak = {"fp32": matmul_rate(torch.float32, device), "bf16": matmul_rate(torch.bfloat16, device)}
 
     print(f"\n| | {' | '.join(_COLUMNS)} |\n|---|" + "---|" * len(_COLUMNS))
     print(_row("training iteration, s (2 × 2048 × 2304)", {k: _fmt_times(v) for k, v in train.items()}))
-    print(_row("speed-up vs reference fp32 (min)",
-               {k: f"{base_train / min(v):.2f}x" for k, v in train.items()}))
+    print(_row("speed-up vs reference fp32 (paired median)",
+               {k: f"{_paired_speedup(base_train, v):.2f}x" for k, v in train.items()}))
     print(_row("inference per video, s (2304 steps, incl. NMS)",
                {k: _fmt_times(v) for k, v in infer.items()}))
-    print(_row("speed-up vs reference fp32 (min)",
-               {k: f"{base_infer / min(v):.2f}x" for k, v in infer.items()}))
+    print(_row("speed-up vs reference fp32 (paired median)",
+               {k: f"{_paired_speedup(base_infer, v):.2f}x" for k, v in infer.items()}))
     print(_row("training GFLOP/s (model FLOPs / min time)",
                {k: f"{flops / min(v) / 1e9:.0f}" for k, v in train.items()}))
     print(_row("2048² matmul GFLOP/s (ceiling)",
