@@ -75,14 +75,17 @@ def test_fast_local_attention_equals_dense_band_attention(T, window, heads):
         torch.testing.assert_close(g_fast, g_dense, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("T, window", [(4, 5), (6, 3), (16, 9), (36, 19), (38, 19)])
+@pytest.mark.parametrize("T, window", [(4, 5), (6, 3), (16, 9), (36, 19), (38, 19), (12, 4),
+                                       (16, 8)])
 @pytest.mark.parametrize("heads", [1, 4])
 def test_reference_chunked_attention_equals_dense_band_attention(T, window, heads):
     """The benchmark baseline (Longformer-style chunks) computes the same band; lengths must be
     multiples of 2·(w // 2)."""
     g = torch.Generator().manual_seed(T + window + heads)
     q, k, v = (torch.randn(3, heads, 4, T, generator=g, requires_grad=True) for _ in range(3))
-    rel_pe = torch.randn(1, 1, heads, window, generator=g, requires_grad=True)
+    rel_pe = None                                   # relative PE needs an odd window (spec C.6)
+    if window % 2 == 1:
+        rel_pe = torch.randn(1, 1, heads, window, generator=g, requires_grad=True)
     mask = _prefix_mask([T, T // 2, T], T)
     mask[2, 0, 1::3] = False
     if T % (2 * (window // 2)) != 0:
@@ -92,7 +95,8 @@ def test_reference_chunked_attention_equals_dense_band_attention(T, window, head
     weight = torch.randn(3, heads, 4, T, generator=g)
     outs = [fn(q, k, v, mask, window, rel_pe) for fn in (local_attention_dense,
                                                          local_attention_chunked)]
-    grads = [torch.autograd.grad((out * weight).sum(), [q, k, v, rel_pe]) for out in outs]
+    leaves = [q, k, v] + ([rel_pe] if rel_pe is not None else [])
+    grads = [torch.autograd.grad((out * weight).sum(), leaves) for out in outs]
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
     for g_chunked, g_dense in zip(grads[1], grads[0]):
         torch.testing.assert_close(g_chunked, g_dense, atol=1e-5, rtol=1e-5)

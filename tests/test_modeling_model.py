@@ -212,22 +212,30 @@ def test_chunked_inference_equals_whole_video_inference(variant, steps):
 
 
 def test_chunking_is_for_inference_only():
-    model = _tiny_model()
+    """Training (autograd on, or train mode under no_grad: drop-path and dropout draw per sample)
+    never runs in chunks, nor does the reference formulation."""
+    model = _tiny_model(train_cfg={"dropout": 0.2, "droppath": 0.5})
     items = [_item("a", 64, seed=1), _item("b", 40, seed=2)]
-    losses = []
     normalizer = model.loss_normalizer
-    for steps in (None, 4):
-        with inference_chunk_steps(steps):
-            torch.manual_seed(0)
-            model.loss_normalizer = normalizer
-            losses.append(model(items)["final_loss"])
-    assert losses[0].item() == losses[1].item()
+    for grad in (True, False):
+        outputs = []
+        for steps in (None, 4):
+            with inference_chunk_steps(steps), torch.set_grad_enabled(grad):
+                torch.manual_seed(0)
+                model.loss_normalizer = normalizer
+                outputs.append(torch.cat(model.forward_levels(items)[3], dim=1))
+        assert torch.equal(outputs[0], outputs[1])
     with inference_chunk_steps(4):
-        assert not chunked_inference_applies(100)               # autograd on: training
+        assert not chunked_inference_applies(100, training=False)       # autograd on
         with torch.no_grad():
-            assert chunked_inference_applies(8) and not chunked_inference_applies(7)
+            assert chunked_inference_applies(8, training=False)
+            assert not chunked_inference_applies(7, training=False)
+            assert not chunked_inference_applies(100, training=True)
             with reference_formulation():
-                assert not chunked_inference_applies(100)
+                assert not chunked_inference_applies(100, training=False)
+    with pytest.raises(ValueError, match="at least 1 step"):
+        with inference_chunk_steps(0):
+            pass
 
 
 def _sorted_detections(dets):

@@ -49,7 +49,7 @@ class _EmbeddingBackbone(nn.Module):
         return n_embd
 
     def _embed(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
-        if chunked_inference_applies(x.shape[-1]):
+        if chunked_inference_applies(x.shape[-1], self.training):
             halo = sum(conv.conv.kernel_size[0] // 2 for conv in self.embd)
             return map_time_chunks(self._embed_steps, (x, mask, extent), halo)
         return self._embed_steps(x, mask, extent)

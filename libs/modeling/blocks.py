@@ -63,8 +63,8 @@ def reference_formulation(enabled: bool = True) -> Iterator[None]:
         _REFERENCE_MODE[0] = previous
 
 
-# Inference (no autograd) on long inputs runs the local, length-preserving parts of the network
-# (embedding, stride-1 Transformer blocks, MLPs, heads) over chunks of this many steps plus halos:
+# Inference (eval mode, no autograd) on long inputs runs the local parts of the network (embedding,
+# Transformer blocks with local attention, MLPs, heads) over chunks of this many steps plus halos:
 # their temporaries then take memory for one chunk instead of the whole video (issue #7).
 _INFERENCE_CHUNK = [4096]
 
@@ -74,6 +74,8 @@ def inference_chunk_steps(steps: Optional[int]) -> Iterator[None]:
     """Within this context, inference cuts inputs of at least ``2·steps`` steps into chunks of
     ``steps`` (None: never). Default 4,096. Results agree with unchunked inference to float32
     rounding."""
+    if steps is not None and steps < 1:
+        raise ValueError(f"inference chunks need at least 1 step, got {steps}")
     previous = _INFERENCE_CHUNK[0]
     _INFERENCE_CHUNK[0] = steps
     try:
@@ -82,12 +84,13 @@ def inference_chunk_steps(steps: Optional[int]) -> Iterator[None]:
         _INFERENCE_CHUNK[0] = previous
 
 
-def chunked_inference_applies(length: int) -> bool:
-    """True when a ``length``-step input is processed in chunks: no autograd, fast paths, and at
-    least twice the chunk size (so that a chunk with its halos is never cut again)."""
+def chunked_inference_applies(length: int, training: bool) -> bool:
+    """True when a module (``training``: its mode) processes a ``length``-step input in chunks:
+    eval mode without autograd, fast paths, and at least twice the chunk size (so that a chunk
+    with halos shorter than half a chunk is not cut again)."""
     steps = _INFERENCE_CHUNK[0]
-    return (steps is not None and length >= 2 * steps and not torch.is_grad_enabled()
-            and not _REFERENCE_MODE[0])
+    return (steps is not None and length >= 2 * steps and not training
+            and not torch.is_grad_enabled() and not _REFERENCE_MODE[0])
 
 
 def map_time_chunks(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]],
@@ -101,6 +104,8 @@ def map_time_chunks(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]
     beyond the tensor, whose borders stay borders), so it sees what it sees in the whole
     tensor. Returns ``B×C×T/stride`` in channels-last memory.
     """
+    if halo % stride != 0:
+        raise ValueError(f"halo {halo} is not a multiple of the stride {stride}")
     steps = _INFERENCE_CHUNK[0]
     T = next(t for t in inputs if t is not None).shape[-1]
     T_out = T // stride
@@ -393,16 +398,17 @@ def local_attention_chunked(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w
         raise ValueError(f"chunked local attention needs a length divisible by {2 * h}, got {T}")
     q, k, v = (x.transpose(2, 3).reshape(B * H, T, d) for x in (q, k, v))   # N×T×d copies
     scores = _overlapping_chunks(q, h) @ _overlapping_chunks(k, h).transpose(2, 3)
-    logits = _chunk_scores_to_band(scores, h).view(B, H, T, window).transpose(1, 2)  # B×T×H×w
+    w = 2 * h + 1                                                           # even windows: 2h+1 slots
+    logits = _chunk_scores_to_band(scores, h).view(B, H, T, w).transpose(1, 2)       # B×T×H×w
     if rel_pe is not None:
         logits = logits + rel_pe
     key_bias = _key_bias(key_mask, q.dtype).view(B, T, 1)
     mask_scores = _overlapping_chunks(torch.ones_like(key_bias), h) @ \
         _overlapping_chunks(key_bias, h).transpose(2, 3)
-    logits = logits + _chunk_scores_to_band(mask_scores, h).view(B, T, 1, window)
+    logits = logits + _chunk_scores_to_band(mask_scores, h).view(B, T, 1, w)
     probs = logits.softmax(dim=-1).masked_fill(~key_mask.view(B, T, 1, 1), 0.0)
     # probabilities of each h-query group shifted onto the 3h keys [start - h, start + 2h)
-    probs = probs.transpose(1, 2).reshape(B * H, T // h, h, window)
+    probs = probs.transpose(1, 2).reshape(B * H, T // h, h, w)
     shifted = F.pad(probs, (0, h + 1)).flatten(-2)[..., :-h].view(B * H, T // h, h, 3 * h + 1)
     values = F.pad(v, (0, 0, h, h), value=-1.0).unfold(1, 3 * h, h)       # N×(T/h)×d×3h
     out = shifted[..., :-1] @ values.transpose(2, 3)                       # N×(T/h)×h×d
@@ -512,9 +518,9 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Tensor]:
         window, stride = self.attn.window_size, self.attn.stride
-        if window > 1 and chunked_inference_applies(x.shape[-1]):
-            # output step t reads x on [s·(t - h) - 1, s·(t + h) + 1] (window, q/k/v convs,
-            # pooled skip); halo rounded up to a multiple of the stride s
+        if window > 1 and chunked_inference_applies(x.shape[-1], self.training):
+            # output step t reads x on [s·(t - h) - s/2, s·(t + h) + s/2] (window, q/k/v convs
+            # of kernel s + 1 or 3, pooled skip); halo rounded up to a multiple of the stride s
             out = map_time_chunks(lambda *xs: self._forward(*xs)[0], (x, mask, extent),
                                   halo=stride * (window // 2 + 1), stride=stride)
             return out, downsample_mask(mask, stride)
@@ -525,7 +531,7 @@ class TransformerBlock(nn.Module):
         out, out_mask = self.attn(self.ln1(x), mask, extent)
         keep = out_mask.to(out.dtype)
         out = self.pool_skip(x) * keep + self.drop_path_attn(out)
-        if chunked_inference_applies(out.shape[-1]):          # the MLP is step-wise
+        if chunked_inference_applies(out.shape[-1], self.training):   # the MLP is step-wise
             mlp_out = map_time_chunks(lambda y: self.mlp(self.ln2(y)), (out,), halo=0)
         else:
             mlp_out = self.mlp(self.ln2(out))

@@ -47,7 +47,7 @@ class _ConvTower(nn.Module):
                mask: Tensor, extent: Optional[Tensor]) -> Tensor:
         """``output(x, mask, extent)`` of one level, in time chunks for long inference inputs
         (the trunk and the final conv are all k-tap convs: halo = their half-kernels)."""
-        if not chunked_inference_applies(x.shape[-1]):
+        if not chunked_inference_applies(x.shape[-1], self.training):
             return output(x, mask, extent)
         halo = (len(self.head) + 1) * (self.kernel_size // 2)
         return map_time_chunks(output, (x, mask, extent), halo)

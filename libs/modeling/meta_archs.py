@@ -59,8 +59,9 @@ class LocPointTransformer(nn.Module):
     ``segments`` ``N×2`` grid units, ``labels`` ``N``, ``fps``, ``duration``, ``feat_stride``,
     ``feat_num_frames``) returns ``{'cls_loss', 'reg_loss', 'final_loss'}`` in training mode and,
     in eval mode, one ``{'video_id', 'segments' (N×2 seconds), 'scores', 'labels'}`` per video.
-    Inference accepts batches of any size and any length; every video gives exactly what it gives
-    alone (it keeps its own reference padding, positions beyond it act as the tensor border).
+    Inference accepts batches of any size and any length; every video gives what it gives alone,
+    to float32 rounding (it keeps its own reference padding, positions beyond it act as the
+    tensor border).
 
     State beyond parameters: ``loss_normalizer`` (float, the EMA of the positive count, spec D.2;
     save / restore it for an exact resume) and ``num_pos_reducer`` (None, or a callable applied
@@ -164,8 +165,8 @@ class LocPointTransformer(nn.Module):
         """
         x, mask, extents = self.preprocessing(video_list)
         extent_mask = self._extent_mask(extents, x.shape[-1], x.device)
-        # the two halves of the backbone, so that the padded input (4x the embedding's size
-        # for THUMOS) and then the backbone's features are freed as soon as they are used
+        # the backbone in two halves: the padded input (4x the embedding's size for THUMOS) is
+        # freed once embedded; the embedding and the backbone features before the heads run
         x = self.backbone.embed(x, mask, extent_mask)
         feats, masks = self.backbone.pyramid(x, mask, extent_mask)
         del x
@@ -206,7 +207,8 @@ class LocPointTransformer(nn.Module):
             extents = [self.padded_length(n) for n in lengths]
         T = max(extents)
         device = self.device
-        x = torch.zeros(len(video_list), video_list[0]["feats"].shape[0], T, device=device)
+        x = torch.zeros(len(video_list), video_list[0]["feats"].shape[0], T, device=device,
+                        dtype=torch.float32)
         for row, item, n in zip(x, video_list, lengths):
             row[:, :n] = item["feats"]
         mask = _length_mask(lengths, T, device)

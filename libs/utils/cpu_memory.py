@@ -43,6 +43,7 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):        # not glibc (musl, macOS): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in (
+    applied = [mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _NEVER_TRIM),
-        (_M_TOP_PAD, _TOP_PAD)))
+        (_M_TOP_PAD, _TOP_PAD))]
+    return all(applied)
