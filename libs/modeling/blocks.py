@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,17 +50,22 @@ _REFERENCE_MODE = [False]
 
 
 @contextmanager
-def reference_formulation(enabled: bool = True) -> Iterator[None]:
+def _overridden(setting: list, value: object) -> Iterator[None]:
+    """Set the one-element module setting ``setting`` to ``value`` within the context."""
+    previous = setting[0]
+    setting[0] = value
+    try:
+        yield
+    finally:
+        setting[0] = previous
+
+
+def reference_formulation(enabled: bool = True) -> ContextManager[None]:
     """Within this context every module runs its ``forward_reference`` (the reference's plain
     channel-first formulation, spec C.2-C.6) and local attention runs
     :func:`local_attention_chunked`, instead of the fast paths. For benchmarks and equivalence
     tests; not thread-safe."""
-    previous = _REFERENCE_MODE[0]
-    _REFERENCE_MODE[0] = enabled
-    try:
-        yield
-    finally:
-        _REFERENCE_MODE[0] = previous
+    return _overridden(_REFERENCE_MODE, enabled)
 
 
 # Inference (eval mode, no autograd) on long inputs runs the local parts of the network (embedding,
@@ -69,19 +74,13 @@ def reference_formulation(enabled: bool = True) -> Iterator[None]:
 _INFERENCE_CHUNK = [4096]
 
 
-@contextmanager
-def inference_chunk_steps(steps: Optional[int]) -> Iterator[None]:
+def inference_chunk_steps(steps: Optional[int]) -> ContextManager[None]:
     """Within this context, inference cuts inputs of at least ``2·steps`` steps into chunks of
     ``steps`` (None: never). Default 4,096. Results agree with unchunked inference to float32
     rounding."""
     if steps is not None and steps < 1:
         raise ValueError(f"inference chunks need at least 1 step, got {steps}")
-    previous = _INFERENCE_CHUNK[0]
-    _INFERENCE_CHUNK[0] = steps
-    try:
-        yield
-    finally:
-        _INFERENCE_CHUNK[0] = previous
+    return _overridden(_INFERENCE_CHUNK, steps)
 
 
 def chunked_inference_applies(length: int, training: bool) -> bool:

@@ -6,6 +6,7 @@ level -> one output per level: logits ``B×C×T_l`` or offsets ``B×2×T_l``.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, List, Optional, Sequence
 
 import torch.nn.functional as F
@@ -73,10 +74,11 @@ class ClsHead(_ConvTower):
 
     def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor],
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:
-        def logits(x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
-            return self.cls_head(self._trunk(x, mask, extent), mask, extent)[0]
-        return [self._level(logits, x, mask, extent)
+        return [self._level(self._logits, x, mask, extent)
                 for x, mask, extent in zip(feats, masks, _per_level(extents, len(feats)))]
+
+    def _logits(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        return self.cls_head(self._trunk(x, mask, extent), mask, extent)[0]
 
 
 class RegHead(_ConvTower):
@@ -93,11 +95,9 @@ class RegHead(_ConvTower):
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:
         if len(feats) != len(self.scale):
             raise ValueError(f"{len(feats)} feature levels for {len(self.scale)} scales")
-        def level_offsets(scale: Scale) -> Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]:
-            def offsets(x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
-                return F.relu(scale(self.offset_head(self._trunk(x, mask, extent), mask,
-                                                     extent)[0]))
-            return offsets
-        return [self._level(level_offsets(scale), x, mask, extent)
+        return [self._level(partial(self._offsets, scale), x, mask, extent)
                 for x, mask, extent, scale in zip(feats, masks, _per_level(extents, len(feats)),
                                                   self.scale)]
+
+    def _offsets(self, scale: Scale, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
+        return F.relu(scale(self.offset_head(self._trunk(x, mask, extent), mask, extent)[0]))
