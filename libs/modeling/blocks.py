@@ -351,7 +351,8 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: i
 
 
 def _overlapping_chunks(x: Tensor, h: int) -> Tensor:
-    """``N×T×d`` -> ``N×(T/h - 1)×2h×d`` view: chunks of ``2h`` steps, neighbours overlapping by h."""
+    """``N×T×d`` -> ``N×(T/h - 1)×2h×d`` view: chunks of ``2h`` steps, neighbours overlapping
+    by h."""
     return x.unfold(1, 2 * h, h).transpose(2, 3)
 
 
@@ -397,7 +398,7 @@ def local_attention_chunked(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, w
         raise ValueError(f"chunked local attention needs a length divisible by {2 * h}, got {T}")
     q, k, v = (x.transpose(2, 3).reshape(B * H, T, d) for x in (q, k, v))   # N×T×d copies
     scores = _overlapping_chunks(q, h) @ _overlapping_chunks(k, h).transpose(2, 3)
-    w = 2 * h + 1                                                           # even windows: 2h+1 slots
+    w = 2 * h + 1                                         # band slots (2h + 1 for even windows too)
     logits = _chunk_scores_to_band(scores, h).view(B, H, T, w).transpose(1, 2)       # B×T×H×w
     if rel_pe is not None:
         logits = logits + rel_pe
