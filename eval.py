@@ -13,7 +13,6 @@ writes ``eval_metrics.json`` beside the checkpoint. ``--saveonly`` writes the pr
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import pickle
@@ -24,11 +23,11 @@ from typing import Any, Dict, List, Optional
 from libs.core import load_config
 from libs.core.cli import run_main
 from libs.datasets import make_data_loader, make_dataset
+from libs.engine import resolve_checkpoint, resolve_device
 from libs.modeling import make_meta_arch
 from libs.modeling.checkpoint import load_model_weights
 from libs.utils.cpu_memory import reuse_freed_memory
 from libs.utils.train_utils import fix_random_seed, inference, load_checkpoint
-from train import resolve_device
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -44,26 +43,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast inference (config key amp)")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     return parser.parse_args(argv)
-
-
-def resolve_checkpoint(path: str, epoch: int = -1) -> str:
-    """A ``.pth.tar`` path as given; a folder -> ``epoch_{epoch:03d}.pth.tar`` or the last
-    ``epoch_*.pth.tar`` in sorted order (spec H)."""
-    if ".pth.tar" in path:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: checkpoint file not found")
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a folder")
-    if epoch > 0:
-        file = os.path.join(path, f"epoch_{epoch:03d}.pth.tar")
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"{file}: no checkpoint for epoch {epoch}")
-        return file
-    files = sorted(glob.glob(os.path.join(path, "epoch_*.pth.tar")))
-    if not files:
-        raise FileNotFoundError(f"{path}: no epoch_*.pth.tar checkpoint in this folder")
-    return files[-1]
 
 
 def results_to_json(results: Dict[str, Any]) -> Dict[str, Any]:

@@ -30,6 +30,7 @@ from torch.utils.data.distributed import DistributedSampler
 from libs.core import ConfigError, load_config, save_config
 from libs.core.cli import run_main
 from libs.datasets import make_data_loader, make_dataset
+from libs.engine import resolve_device
 from libs.modeling import make_meta_arch
 from libs.modeling.checkpoint import load_model_weights
 from libs.utils import distributed as du
@@ -61,19 +62,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. opt.epochs=10 loader.batch_size=4")
     return parser.parse_args(argv)
-
-
-def resolve_device(requested: str, local_rank: Optional[int] = None) -> torch.device:
-    """``cuda[:k]`` falls back to the CPU with a one-line warning when CUDA is unavailable;
-    under ``torchrun`` a CUDA device becomes ``cuda:<local rank>``."""
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"warning: {requested} requested but CUDA is not available; running on the CPU "
-              "(pass --device cpu to silence this)", file=sys.stderr, flush=True)
-        return torch.device("cpu")
-    if device.type == "cuda" and local_rank is not None:
-        return torch.device("cuda", local_rank)
-    return device
 
 
 def experiment_folder(cfg: Dict[str, Any], config_path: str, output: str) -> str:

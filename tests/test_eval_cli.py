@@ -11,6 +11,7 @@ import torch
 
 import eval as eval_cli
 import train
+from libs.engine import resolve_checkpoint
 from libs.utils import ANETdetection
 from libs.utils.train_utils import load_checkpoint
 from test_engine_e2e import CONFIG, make_tiny_demo
@@ -34,17 +35,17 @@ def _touch(folder, *names):
 
 def test_resolve_checkpoint(tmp_path):
     _touch(tmp_path, "epoch_005.pth.tar", "epoch_010.pth.tar", "last.pth.tar", "model_best.pth.tar")
-    assert eval_cli.resolve_checkpoint(str(tmp_path)) == str(tmp_path / "epoch_010.pth.tar")
-    assert eval_cli.resolve_checkpoint(str(tmp_path), epoch=5) == str(tmp_path / "epoch_005.pth.tar")
-    assert eval_cli.resolve_checkpoint(str(tmp_path / "last.pth.tar")) == str(tmp_path / "last.pth.tar")
+    assert resolve_checkpoint(str(tmp_path)) == str(tmp_path / "epoch_010.pth.tar")
+    assert resolve_checkpoint(str(tmp_path), epoch=5) == str(tmp_path / "epoch_005.pth.tar")
+    assert resolve_checkpoint(str(tmp_path / "last.pth.tar")) == str(tmp_path / "last.pth.tar")
     with pytest.raises(FileNotFoundError, match="epoch_007.pth.tar"):
-        eval_cli.resolve_checkpoint(str(tmp_path), epoch=7)
+        resolve_checkpoint(str(tmp_path), epoch=7)
     with pytest.raises(FileNotFoundError, match="missing: neither a checkpoint file nor a folder"):
-        eval_cli.resolve_checkpoint(str(tmp_path / "missing"))
+        resolve_checkpoint(str(tmp_path / "missing"))
     os.mkdir(tmp_path / "empty")
     _touch(tmp_path / "empty", "last.pth.tar")
     with pytest.raises(FileNotFoundError, match="no epoch_"):
-        eval_cli.resolve_checkpoint(str(tmp_path / "empty"))
+        resolve_checkpoint(str(tmp_path / "empty"))
 
 
 def _predict(opts, ckpt, *extra):

@@ -1,4 +1,4 @@
-"""tools/predict.py and its building blocks (libs/utils/feature_io.py, windowed_inference.py):
+"""tools/predict.py and its building blocks (libs/datasets/feature_io.py, libs/engine/windowed_inference.py):
 same detections as eval.py, windowed == whole-video inference on videos that fit, planted actions
 found in a long video processed in windows, feature containers, one-line errors for bad files."""
 import json
@@ -14,9 +14,9 @@ import eval as eval_script
 from libs.core import load_config
 from libs.datasets import make_dataset
 from libs.modeling import make_meta_arch
-from libs.utils.feature_io import FeatureFile, find_feature_files, open_features
+from libs.datasets.feature_io import FeatureFile, find_feature_files, open_features
 from libs.utils.prediction_io import read_predictions
-from libs.utils.windowed_inference import (Window, level_outputs, plan_windows, step_scores,
+from libs.engine.windowed_inference import (Window, level_outputs, plan_windows, step_scores,
                                            windowed_inference)
 from tests.fixtures_data import dataset_cfg, video, write_json
 from tools import predict

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from libs.core import ConfigError, load_config  # noqa: E402
 from libs.modeling import MaskedMHCA, make_meta_arch  # noqa: E402
 from libs.modeling.blocks import inference_chunk_steps  # noqa: E402
-from libs.utils.windowed_inference import level_outputs  # noqa: E402
+from libs.engine.windowed_inference import level_outputs  # noqa: E402
 
 __all__ = ["block_name", "model_summary", "format_summary"]
 

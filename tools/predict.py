@@ -44,15 +44,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eval import resolve_checkpoint  # noqa: E402
 from libs.core import ConfigError, load_config  # noqa: E402
+from libs.engine import resolve_checkpoint, resolve_device  # noqa: E402
 from libs.modeling import load_model_weights, make_meta_arch  # noqa: E402
-from libs.utils.feature_io import FeatureError, find_feature_files, open_features  # noqa: E402
+from libs.datasets.feature_io import FeatureError, find_feature_files, open_features  # noqa: E402
 from libs.utils.prediction_io import read_class_names  # noqa: E402
 from libs.utils.train_utils import load_checkpoint  # noqa: E402
-from libs.utils.windowed_inference import (default_window, normalise_window,  # noqa: E402
+from libs.engine.windowed_inference import (default_window, normalise_window,  # noqa: E402
                                            windowed_inference)
-from train import resolve_device  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -6,6 +6,9 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..utils.nms import batched_nms
+from ..utils.postprocessing import segments_to_seconds
+
 __all__ = ["decode_candidates", "postprocess_video"]
 
 
@@ -52,12 +55,8 @@ def postprocess_video(segs: Tensor, scores: Tensor, labels: Tensor, video: Mappi
     ``video`` supplies ``video_id``, ``fps``, ``duration``, ``feat_stride``, ``feat_num_frames``;
     ``test_cfg`` the NMS settings. Returns ``{video_id, segments (N×2 s), scores, labels}``.
     """
-    # imported here, not at the top: libs.utils may import libs.modeling in turn
-    from libs.utils.postprocessing import segments_to_seconds
-
     segs, scores, labels = segs.detach().cpu(), scores.detach().cpu(), labels.detach().cpu()
     if test_cfg["nms_method"] != "none":
-        from libs.utils import batched_nms
         segs, scores, labels = batched_nms(
             segs, scores, labels, test_cfg["iou_threshold"], test_cfg["min_score"],
             test_cfg["max_seg_num"], use_soft_nms=test_cfg["nms_method"] == "soft",

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..modeling.decoding import decode_candidates, postprocess_video
+
 __all__ = ["Window", "default_window", "level_outputs", "normalise_window", "plan_windows", "step_scores",
            "windowed_inference"]
 
@@ -119,7 +121,7 @@ def windowed_inference(model: nn.Module, feats, video: Mapping[str, Any], window
     Args:
         model: a ``LocPointTransformer`` in eval mode.
         feats: ``D x T`` features on the model grid, anything supporting ``feats[:, a:b]`` (a
-            tensor, or a lazily read :class:`~libs.utils.feature_io.VideoFeatures`).
+            tensor, or a lazily read :class:`~libs.datasets.feature_io.VideoFeatures`).
         video: ``video_id``, ``fps``, ``duration`` (seconds), ``feat_stride``,
             ``feat_num_frames`` (frames), as in a data set item.
         window, overlap: grid steps (see :func:`plan_windows`; :func:`normalise_window` makes
@@ -129,8 +131,6 @@ def windowed_inference(model: nn.Module, feats, video: Mapping[str, Any], window
         ``{'video_id', 'segments' (N x 2 seconds), 'scores', 'labels', 'num_windows'}`` (+
         ``'step_scores'``), detections sorted as whole-video inference sorts them.
     """
-    from libs.modeling.decoding import decode_candidates, postprocess_video
-
     cfg = model.test_cfg
     strides = model.fpn_strides
     num_steps = feats.shape[-1]

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..datasets.data_utils import resize_to_fixed_length
+from .data_utils import resize_to_fixed_length
 
 __all__ = ["FEATURE_EXTENSIONS", "FeatureError", "FeatureFile", "VideoFeatures",
            "find_feature_files", "open_features"]
