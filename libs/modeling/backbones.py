@@ -97,41 +97,17 @@ class _EmbeddingBackbone(nn.Module):
             nn.init.zeros_(module.bias)
 
 
-@register_backbone("convTransformer")
-class ConvTransformerBackbone(_EmbeddingBackbone):
-    """Embedding convs -> [absolute PE] -> ``arch[1]`` stem blocks -> ``arch[2]`` strided blocks.
+class _AbsolutePositionMixin:
+    """Sinusoidal absolute position embedding added after the embedding convs (spec C.4).
 
-    Args follow the reference: ``n_in`` input channels (or per-source list), ``n_embd`` width
-    (or per-source list), ``n_head``, ``n_embd_ks`` embedding kernel, ``max_len`` (= max_seq_len,
-    length of the PE table), ``arch``, ``mha_win_size`` (one window per level, ≤ 1 = global),
-    ``scale_factor`` (branch stride), ``with_ln``, ``proj_pdrop`` (dropout), ``path_pdrop``
-    (drop-path), ``use_abs_pe``, ``use_rel_pe``.
+    Needs ``use_abs_pe``, ``max_len``, ``training`` and (when enabled) the ``pos_embd`` buffer,
+    made by :meth:`_register_position_table`.
     """
 
-    def __init__(self, n_in: Dims, n_embd: Dims, n_head: int, n_embd_ks: int, max_len: int,
-                 arch: Sequence[int] = (2, 2, 5), mha_win_size: Sequence[int] = (-1,) * 6,
-                 scale_factor: int = 2, with_ln: bool = False, proj_pdrop: float = 0.0,
-                 path_pdrop: float = 0.0, use_abs_pe: bool = False,
-                 use_rel_pe: bool = False) -> None:
-        super().__init__()
-        if len(arch) != 3 or len(mha_win_size) != 1 + arch[2]:
-            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one window "
-                             f"per level: arch={tuple(arch)}, windows={list(mha_win_size)}")
-        self.arch = tuple(arch)
-        self.max_len = max_len
-        self.scale_factor = scale_factor
-        self.use_abs_pe = use_abs_pe
-        width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
-        if use_abs_pe:
-            table = sinusoid_position_table(max_len, width) / (width ** 0.5)
+    def _register_position_table(self, width: int) -> None:
+        if self.use_abs_pe:
+            table = sinusoid_position_table(self.max_len, width) / (width ** 0.5)
             self.register_buffer("pos_embd", table, persistent=False)
-        self.stem = nn.ModuleList([
-            TransformerBlock(width, n_head, 1, mha_win_size[0], proj_pdrop, path_pdrop,
-                             use_rel_pe) for _ in range(arch[1])])
-        self.branch = nn.ModuleList([
-            TransformerBlock(width, n_head, scale_factor, mha_win_size[1 + idx], proj_pdrop,
-                             path_pdrop, use_rel_pe) for idx in range(arch[2])])
-        self.apply(self._zero_biases)
 
     def _position_embedding(self, T: int, extent: Optional[Tensor]) -> Tensor:
         """Absolute PE for a padded batch: ``1×E×T``, or ``B×E×T`` when videos in the batch have
@@ -156,6 +132,41 @@ class ConvTransformerBackbone(_EmbeddingBackbone):
             return x
         pe = self._position_embedding(x.shape[-1], extent)
         return x + pe.to(x.dtype) * mask.to(x.dtype)
+
+
+@register_backbone("convTransformer")
+class ConvTransformerBackbone(_AbsolutePositionMixin, _EmbeddingBackbone):
+    """Embedding convs -> [absolute PE] -> ``arch[1]`` stem blocks -> ``arch[2]`` strided blocks.
+
+    Args follow the reference: ``n_in`` input channels (or per-source list), ``n_embd`` width
+    (or per-source list), ``n_head``, ``n_embd_ks`` embedding kernel, ``max_len`` (= max_seq_len,
+    length of the PE table), ``arch``, ``mha_win_size`` (one window per level, ≤ 1 = global),
+    ``scale_factor`` (branch stride), ``with_ln``, ``proj_pdrop`` (dropout), ``path_pdrop``
+    (drop-path), ``use_abs_pe``, ``use_rel_pe``.
+    """
+
+    def __init__(self, n_in: Dims, n_embd: Dims, n_head: int, n_embd_ks: int, max_len: int,
+                 arch: Sequence[int] = (2, 2, 5), mha_win_size: Sequence[int] = (-1,) * 6,
+                 scale_factor: int = 2, with_ln: bool = False, proj_pdrop: float = 0.0,
+                 path_pdrop: float = 0.0, use_abs_pe: bool = False,
+                 use_rel_pe: bool = False) -> None:
+        super().__init__()
+        if len(arch) != 3 or len(mha_win_size) != 1 + arch[2]:
+            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one window "
+                             f"per level: arch={tuple(arch)}, windows={list(mha_win_size)}")
+        self.arch = tuple(arch)
+        self.max_len = max_len
+        self.scale_factor = scale_factor
+        self.use_abs_pe = use_abs_pe
+        width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
+        self._register_position_table(width)
+        self.stem = nn.ModuleList([
+            TransformerBlock(width, n_head, 1, mha_win_size[0], proj_pdrop, path_pdrop,
+                             use_rel_pe) for _ in range(arch[1])])
+        self.branch = nn.ModuleList([
+            TransformerBlock(width, n_head, scale_factor, mha_win_size[1 + idx], proj_pdrop,
+                             path_pdrop, use_rel_pe) for idx in range(arch[2])])
+        self.apply(self._zero_biases)
 
 
 @register_backbone("conv")
