@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1
 "$PY" -c "from libs.utils.nms import cpp_nms_available as a; print('C++ NMS extension:', a())" | tee -a "$OUT/gpu.txt"
-echo "== tests"; "$PY" -m pytest tests -q -p no:cacheprovider -x -k "${TESTS_K:-}" 2>&1 | tee "$OUT/tests.log" | tail -15
+echo "== tests"; "$PY" -m pytest tests -q -p no:cacheprovider ${TESTS_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -15
 echo "== benchmark"; "$PY" tools/benchmark.py --device cuda ${BENCH_ARGS:-} 2>&1 | tee "$OUT/benchmark.log"
 echo "== demo"
 "$PY" tools/make_demo_data.py --out data/demo > /dev/null
