@@ -180,13 +180,15 @@ def _hold_padded_input(model: torch.nn.Module) -> None:
 
 def memory_probe(length: int, impl: str, device: str) -> Dict[str, float]:
     """Peak memory of one fp32 inference forward of ``length`` steps above what model, input
-    and a warm-up forward already hold (MiB)."""
+    and two warm-up forwards (one at this length, so that the timing excludes first-call kernel
+    selection) already hold (MiB), and its time (s)."""
     model = build_model(device).eval()
     item = make_item(length, 3)
     if impl == "reference":
         _hold_padded_input(model)
     with torch.no_grad(), mode(impl, "fp32", device):
         model([make_item(TRAIN_LENGTH, 4)])                 # warm-up (allocator, kernels)
+        model([item])                                       # warm-up at this length's shapes
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() / 2 ** 20
