@@ -104,6 +104,17 @@ class _AbsolutePositionMixin:
     made by :meth:`_register_position_table`.
     """
 
+    def _set_pyramid(self, arch: Sequence[int], windows: Sequence[int], max_len: int,
+                     scale_factor: int, use_abs_pe: bool) -> None:
+        """Check ``arch`` (#embd, #stem, #branch) against one window per level; keep the fields."""
+        if len(arch) != 3 or len(windows) != 1 + arch[2]:
+            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one window "
+                             f"per level: arch={tuple(arch)}, windows={list(windows)}")
+        self.arch = tuple(arch)
+        self.max_len = max_len
+        self.scale_factor = scale_factor
+        self.use_abs_pe = use_abs_pe
+
     def _register_position_table(self, width: int) -> None:
         if self.use_abs_pe:
             table = sinusoid_position_table(self.max_len, width) / (width ** 0.5)
@@ -151,13 +162,7 @@ class ConvTransformerBackbone(_AbsolutePositionMixin, _EmbeddingBackbone):
                  path_pdrop: float = 0.0, use_abs_pe: bool = False,
                  use_rel_pe: bool = False) -> None:
         super().__init__()
-        if len(arch) != 3 or len(mha_win_size) != 1 + arch[2]:
-            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one window "
-                             f"per level: arch={tuple(arch)}, windows={list(mha_win_size)}")
-        self.arch = tuple(arch)
-        self.max_len = max_len
-        self.scale_factor = scale_factor
-        self.use_abs_pe = use_abs_pe
+        self._set_pyramid(arch, mha_win_size, max_len, scale_factor, use_abs_pe)
         width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
         self._register_position_table(width)
         self.stem = nn.ModuleList([

@@ -140,13 +140,7 @@ class SGPBackbone(_AbsolutePositionMixin, _EmbeddingBackbone):
                  sgp_win_size: Sequence[int] = (-1,) * 6, k: float = 1.5,
                  init_conv_vars: float = 1.0, use_abs_pe: bool = False) -> None:
         super().__init__()
-        if len(arch) != 3 or len(sgp_win_size) != 1 + arch[2]:
-            raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one SGP "
-                             f"window per level: arch={tuple(arch)}, windows={list(sgp_win_size)}")
-        self.arch = tuple(arch)
-        self.max_len = max_len
-        self.scale_factor = scale_factor
-        self.use_abs_pe = use_abs_pe
+        self._set_pyramid(arch, sgp_win_size, max_len, scale_factor, use_abs_pe)
         width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
         self._register_position_table(width)
         self.stem = nn.ModuleList([

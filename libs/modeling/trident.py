@@ -9,8 +9,8 @@ Three branches predict, per point ``t`` and for ``n = num_bins``:
 
 The distance to the start is ``E[d] = Σ_d d · softmax_j(start[t - n + j] + rel_left[j])`` with
 ``d = n - j`` (bin j of the window ``t-n … t``); to the end ``Σ_j j · softmax_j(end[t + j] +
-rel_right[j])`` (window ``t … t+n``). Steps outside the level's tensor contribute a start/end logit
-of 0 (TriDet pads the windows with zeros, not −∞). Distances are in units of the level stride.
+rel_right[j])`` (window ``t … t+n``). Steps outside the level's tensor contribute a start/end
+logit of 0 (TriDet pads the windows with zeros, not −∞). Distances are in level strides.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def trident_offsets(start_windows: Tensor, end_windows: Tensor, rel_logits: Tens
     left = left.masked_fill(invalid, 0)
     right = right.masked_fill(invalid, 0)
     left_dist = torch.arange(bins - 1, -1, -1, device=left.device, dtype=torch.float)[:, None]
+    # as TriDet: a (bins × 1) matmul, not a sum
     right_dist = torch.arange(bins, device=right.device, dtype=torch.float)[:, None]
     return torch.cat([torch.matmul(left, left_dist.to(left.dtype)),
                       torch.matmul(right, right_dist.to(right.dtype))], dim=-1)

@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Uni
 import torch
 from torch import Tensor, nn
 
-from .assigner import assign_points
 from .decoding import decode_candidates, postprocess_video
 from .heads import ClsHead, RegHead
 from .losses import ctr_diou_loss_1d, ctr_iou_loss_1d, sigmoid_focal_loss
@@ -38,7 +37,7 @@ _TEST_DEFAULTS = {"pre_nms_thresh": 0.001, "pre_nms_topk": 5000, "iou_threshold"
 
 def tridet_max_div_factor(scale_factor: int, num_levels: int, win_sizes: Sequence[int]) -> int:
     """Multiple TriDet pads long inference inputs to: max over levels of ``stride · w``
-    (``w > 1``) or ``stride`` (ActionFormer uses ``stride · 2·(w // 2)``)."""
+    (``w > 1``) or ``stride`` (ActionFormer: ``stride · 2·(w // 2)``)."""
     return max(scale_factor ** l * (w if w > 1 else 1) for l, w in zip(range(num_levels), win_sizes))
 
 
@@ -180,15 +179,6 @@ class TriDet(LocPointTransformer):
                             starts, ends)
 
     # ----------------------------------------------------------------------------------------
-    def _update_normalizer(self, pos: Tensor) -> int:
-        num_pos = pos.sum()
-        if self.num_pos_reducer is not None:
-            num_pos = self.num_pos_reducer(num_pos)
-        num_pos = num_pos.item()
-        momentum = self.loss_normalizer_momentum
-        self.loss_normalizer = momentum * self.loss_normalizer + (1 - momentum) * max(num_pos, 1)
-        return num_pos
-
     def _positive_offsets(self, out: LevelOutputs, gt_cls: Tensor, gt_offsets: Tensor,
                           pos: Tensor):
         """Predicted and target offsets of the positives: one row per positive point, or with
@@ -207,19 +197,11 @@ class TriDet(LocPointTransformer):
     def losses(self, video_list: Sequence[Mapping[str, Any]], out: LevelOutputs
                ) -> Dict[str, Tensor]:
         """IoU-weighted focal loss + DIoU loss (docs/tridet.md); updates the loss normaliser."""
-        device = self.device
-        all_points = torch.cat(out.points, dim=0)
-        targets = [assign_points(all_points, item["segments"].to(device),
-                                 item["labels"].to(device), self.num_classes,
-                                 self.train_cfg["center_sample"],
-                                 self.train_cfg["center_sample_radius"])
-                   for item in video_list]
-        gt_cls = torch.stack([t[0] for t in targets])                       # B×P×C
-        gt_offsets = torch.stack([t[1] for t in targets])                   # B×P×2
+        gt_cls, gt_offsets = self.assign_targets(video_list, out.points)    # B×P×C, B×P×2
         valid = torch.cat(out.masks, dim=1)                                 # B×P
         pos = (gt_cls.sum(-1) > 0) & valid
         pred, target = self._positive_offsets(out, gt_cls, gt_offsets, pos)
-        num_pos = self._update_normalizer(pos)
+        num_pos = self.update_loss_normalizer(pos)
 
         smoothing = self.train_cfg["label_smoothing"]
         negative_target = smoothing / (self.num_classes + 1)
