@@ -115,8 +115,9 @@ class SGPBlock(nn.Module):
         x = self.downsample(x)
         out_mask = downsample_mask(mask, self.stride)
         u = self.ln(x)
+        psi = self.psi(u)
         phi = torch.relu(self.global_fc(u.mean(dim=-1, keepdim=True)))
-        out = self.fc(u) * phi + (self.convw(u) + self.convkw(u)) * self.psi(u) + u
+        out = self.fc(u) * phi + (self.convw(u) + self.convkw(u)) * psi + u
         out = x * out_mask.to(x.dtype) + self.drop_path_out(out)
         out = out + self.drop_path_mlp(self.mlp(self.gn(out)))
         return out, out_mask
