@@ -26,6 +26,7 @@ import argparse
 import datetime
 import glob
 import os
+import pprint
 import shutil
 import sys
 import time
@@ -235,14 +236,13 @@ def open_run_folder(folder: str, cfg: Dict[str, Any], args: argparse.Namespace):
         if args.force and not args.resume:
             clear_previous_run(folder)
         os.makedirs(folder, exist_ok=True)
-        log = RunLog(os.path.join(folder, "train.log"))
         save_config(cfg, folder)
         # config.txt as the reference writes it: after the learning-rate / worker scaling
         scaled = dict(cfg, opt=dict(cfg["opt"], learning_rate=cfg["opt"]["learning_rate"] * du.get_world_size()),
                       loader=dict(cfg["loader"], num_workers=cfg["loader"]["num_workers"] * du.get_world_size()))
-        import pprint
         with atomic_open(os.path.join(folder, "config.txt"), "w") as fd:
             pprint.pprint(scaled, stream=fd)
+        log = RunLog(os.path.join(folder, "train.log"))
     except OSError as exc:
         raise RunError(f"cannot write the run folder: {os_error_message(exc)}") from None
     from torch.utils.tensorboard import SummaryWriter

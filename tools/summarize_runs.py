@@ -17,6 +17,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from libs.utils.io import write_json  # noqa: E402
+
 METRICS_FILE = "eval_metrics.json"
 
 
@@ -95,8 +98,7 @@ def main(argv: Sequence[str] = None) -> int:
         return 2
     print(format_summary(summary, args.runs))
     if args.json:
-        with open(args.json, "w") as fd:
-            json.dump(summary, fd, indent=2)
+        write_json(summary, args.json, indent=2)
     return 0
 
 

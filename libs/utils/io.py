@@ -3,14 +3,13 @@ that an interrupted or failed write never leaves a partial file nor destroys the
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import pickle
 import tempfile
-from typing import Any, Callable, Iterator, IO
+from typing import IO, Any, Iterator
 
-__all__ = ["atomic_open", "atomic_save", "write_json", "write_pickle", "describe_os_error"]
+__all__ = ["atomic_open", "write_json", "write_pickle"]
 
 
 @contextlib.contextmanager
@@ -32,19 +31,6 @@ def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
             os.remove(tmp)
 
 
-def atomic_save(write: Callable[[str], None], path: str) -> None:
-    """Call ``write(tmp_path)`` (e.g. ``lambda p: torch.save(obj, p)``), then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json(obj: Any, path: str, **kwargs) -> None:
     """``json.dump(obj)`` to ``path`` atomically."""
     with atomic_open(path, "w") as f:
@@ -55,12 +41,3 @@ def write_pickle(obj: Any, path: str) -> None:
     """``pickle.dump(obj)`` to ``path`` atomically."""
     with atomic_open(path, "wb") as f:
         pickle.dump(obj, f)
-
-
-def describe_os_error(exc: OSError, path: str) -> str:
-    """One line for a failed write: ``<path>: no space left on device`` / ``permission denied`` / ..."""
-    reasons = {errno.ENOSPC: "no space left on device", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
-               errno.EDQUOT: "disk quota exceeded"}
-    reason = reasons.get(exc.errno, exc.strerror or str(exc))
-    return f"{path}: cannot write: {reason}"
