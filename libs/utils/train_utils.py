@@ -177,8 +177,11 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
     # arrive as OSError with their errno, not as torch's generic RuntimeError
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_open(path, "wb") as f:
-        f.write(buffer.getbuffer())
+    try:
+        with atomic_open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
 
 
 def load_checkpoint(path: str, required: Sequence[str] = ()) -> Dict[str, Any]:
