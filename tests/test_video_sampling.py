@@ -43,3 +43,17 @@ def test_bad_sampling_values():
         ClipSampling(clip_len=0)
     with pytest.raises(ValueError):
         ClipSampling(fps=-1.0)
+
+
+def test_config_features_block_defaults_match_the_extractor_options():
+    from libs.core import load_default_config
+    from libs.video.options import ExtractorOptions
+
+    block = load_default_config()["features"]
+    assert block.pop("backbone") is None                     # nothing recorded by default
+    defaults = ExtractorOptions().to_dict()
+    defaults.pop("backbone")
+    assert block == defaults
+    with pytest.raises(ValueError, match=r"cfg.yaml: features.strid: unknown key; did you mean "
+                                         r"stride\?"):
+        ExtractorOptions.from_mapping({"strid": 4}, "cfg.yaml")

@@ -134,21 +134,11 @@ class Extraction:
                 yield ahead.popleft()
         yield from ahead
 
-    def run_one(self, vid: str, path: str, reader, batches, bar) -> None:
-        from libs.video.extract import NpyRowWriter, extract_video, too_short, video_record
+    def run_one(self, vid: str, reader, batches, bar) -> None:
+        from libs.video.extract import extract_file
 
-        writer = NpyRowWriter(self.npy(vid), self.extractor.dim)
-        try:
-            extract_video(batches, self.extractor, writer, self.device, self.amp, bar.update)
-            if writer.rows == 0:
-                raise too_short(path, reader, self.opts)
-            writer.commit()
-        finally:
-            writer.discard()
-            for closable in (batches, reader):
-                if hasattr(closable, "close"):
-                    closable.close()
-        self.meta["videos"][vid] = video_record(reader, self.opts, writer.rows)
+        self.meta["videos"][vid] = extract_file(reader, batches, self.extractor, self.opts,
+                                                self.npy(vid), self.device, self.amp, bar.update)
         write_json(os.path.join(self.args.out_dir, META_FILE), self.meta)
         self.done += 1
 
@@ -168,7 +158,7 @@ class Extraction:
             with tqdm(total=total or None, desc=vid, unit="clip", leave=False, disable=quiet,
                       position=1) as bar:
                 try:
-                    self.run_one(vid, path, reader, batches, bar)
+                    self.run_one(vid, reader, batches, bar)
                 except (ValueError, OSError, RuntimeError) as exc:
                     self.fail(str(exc).splitlines()[0] if str(exc) else repr(exc))
 

@@ -19,7 +19,8 @@ from .decoding import VideoError, VideoReader
 from .options import ExtractorOptions
 from .sampling import ClipSampling
 
-__all__ = ["NpyRowWriter", "Prefetcher", "clip_batches", "extract_video", "video_record"]
+__all__ = ["NpyRowWriter", "Prefetcher", "clip_batches", "extract_file", "extract_video",
+           "open_video_batches", "video_record"]
 
 Batch = Tuple[torch.Tensor, ...]
 
@@ -152,6 +153,22 @@ def open_video_batches(path: str, extractor: ClipExtractor, opts: ExtractorOptio
     return reader, batches
 
 
-def too_short(path: str, reader: VideoReader, opts: ExtractorOptions) -> VideoError:
-    return VideoError(f"{path}: the video has {reader.frames} frames at {reader.fps:g} fps, "
-                      f"fewer than one clip ({opts.clip_len} frames)")
+def extract_file(reader: VideoReader, batches: Iterator[Batch], extractor: ClipExtractor,
+                 opts: ExtractorOptions, out_path: str, device: torch.device,
+                 amp: Optional[torch.dtype] = None,
+                 on_batch: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+    """Extract one opened video into ``out_path`` (complete or not at all); closes ``reader``
+    and ``batches``. Returns the video's ``features_meta.json`` entry."""
+    writer = NpyRowWriter(out_path, extractor.dim)
+    try:
+        extract_video(batches, extractor, writer, device, amp, on_batch)
+        if writer.rows == 0:
+            raise VideoError(f"{reader.path}: the video has {reader.frames} frames at "
+                             f"{reader.fps:g} fps, fewer than one clip ({opts.clip_len} frames)")
+        writer.commit()
+    finally:
+        writer.discard()            # nothing left to remove after a commit
+        if hasattr(batches, "close"):
+            batches.close()
+        reader.close()
+    return video_record(reader, opts, writer.rows)

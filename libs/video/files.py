@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import List, Sequence, Tuple
 
-__all__ = ["VIDEO_EXTENSIONS", "find_videos", "is_video_file"]
+__all__ = ["VIDEO_EXTENSIONS", "find_videos", "is_video_file", "split_video_inputs"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts")
@@ -49,3 +49,24 @@ def find_videos(paths: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str]]
         seen[video_id] = path
         videos.append((video_id, path))
     return videos, problems
+
+
+def split_video_inputs(paths: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str], List[str]]:
+    """Separate video inputs from feature inputs: ``(videos as in find_videos, other paths,
+    problems)``. A folder holding video files contributes them; it is kept among the other
+    paths too when it also holds other files (features), or when it holds no video."""
+    video_paths: List[str] = []
+    others: List[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            names = os.listdir(path)
+            videos = sorted(os.path.join(path, n) for n in names if is_video_file(n))
+            video_paths += videos
+            if len(videos) < len([n for n in names if not n.startswith(".")]):
+                others.append(path)
+        elif is_video_file(path):
+            video_paths.append(path)
+        else:
+            others.append(path)
+    videos, problems = find_videos(video_paths) if video_paths else ([], [])
+    return videos, others, problems
