@@ -1,6 +1,5 @@
 """TriDet: checkpoint layout, SGP and Trident head against per-step re-derivations (outputs and
 gradients), the IoU-weighted loss, decoding on a hand-worked example, padding, zero-init SGP."""
-import copy
 import math
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from libs.core import load_config
-from libs.core.config import TRIDET_DEFAULTS
+from libs.core.config import config_from_dict
 from libs.modeling import make_meta_arch
 from libs.modeling.assigner import assign_points
 from libs.modeling.decoding import decode_candidates
@@ -239,16 +238,18 @@ def test_windows_gathered_across_levels_are_each_levels_own():
 # A tiny TriDet: 4 levels (strides 1..8), max_seq_len 64
 # ------------------------------------------------------------------------------------------
 def _tiny_tridet(seed=0, perturb=True, train_cfg=None, **overrides):
+    """A tiny TriDet, its config made by the config module (TriDet's defaults and checks);
+    ``input_dim`` / ``num_classes`` / ``max_seq_len`` overrides go to the dataset section."""
+    dataset = {"input_dim": 6, "num_classes": 3, "max_seq_len": 64}
+    dataset.update({k: overrides.pop(k) for k in list(overrides) if k in dataset})
+    model = {"backbone_arch": [2, 2, 3], "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
+             "embd_dim": 32, "fpn_dim": 32, "head_dim": 32, "sgp_mlp_dim": 40, "n_sgp_win_size": 3,
+             "num_bins": 4, "k": 1.5, "iou_weight_power": 0.5, "init_conv_vars": 0.3,
+             "max_buffer_len_factor": 4.0, **overrides}
+    cfg = config_from_dict({"model_name": "TriDet", "dataset": dataset, "model": model,
+                            "train_cfg": train_cfg or {}})
     torch.manual_seed(seed)
-    cfg = copy.deepcopy(TRIDET_DEFAULTS["model"])
-    cfg.update(input_dim=6, num_classes=3, max_seq_len=64, backbone_arch=(2, 2, 3),
-               regression_range=[(0, 4), (4, 8), (8, 16), (16, 10000)], embd_dim=32, fpn_dim=32,
-               head_dim=32, sgp_mlp_dim=40, n_sgp_win_size=3, num_bins=4, k=1.5,
-               iou_weight_power=0.5, init_conv_vars=0.3, max_buffer_len_factor=1.0,
-               train_cfg={**TRIDET_DEFAULTS["train_cfg"], **(train_cfg or {})},
-               test_cfg=dict(TRIDET_DEFAULTS["test_cfg"]))
-    cfg.update(overrides)
-    model = make_meta_arch("TriDet", **cfg)
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
     if perturb:
         with torch.no_grad():
             for p in model.parameters():

@@ -19,8 +19,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "TRIDET_DEFAULTS", "ConfigError", "schema_defaults", "load_config", "load_default_config",
-           "apply_overrides", "validate_config", "save_config", "max_div_factor"]
+__all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "TRIDET_DEFAULTS", "ConfigError", "load_config",
+           "config_from_dict", "load_default_config", "apply_overrides", "validate_config",
+           "save_config", "max_div_factor", "schema_defaults"]
 
 # --------------------------------------------------------------------------------------------
 # Defaults: identical in keys and values to the reference (spec G.1).
@@ -66,6 +67,9 @@ DEFAULTS: Dict[str, Any] = {
         "head_kernel_size": 3,
         "head_num_layers": 3,                 # including the final classifier / regressor
         "head_with_ln": True,
+        # Accepted and ignored: the reference sizes its point buffer as max_seq_len × this
+        # factor and stops on longer inputs; here points are made on demand for any length
+        # (the model warns once when an input exceeds what the reference would have taken).
         "max_buffer_len_factor": 6.0,
         "use_abs_pe": False,
         "use_rel_pe": False,
@@ -117,6 +121,13 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     "test_cfg": {
         "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
     },                            # (changes outputs near video ends, spec C.2; faster on short videos)
+    # How the features were made from videos (tools/extract_features.py options); lets
+    # tools/predict.py run on video files. backbone None: not recorded (feature files only).
+    "features": {
+        "backbone": None, "clip_len": 16, "stride": 4, "fps": None, "weights": "default",
+        "rgb_weights": None, "flow_weights": None, "two_stream": False, "flow": "tvl1",
+        "short_side": 256, "crop_size": 224,
+    },
 }
 
 # --------------------------------------------------------------------------------------------
@@ -185,6 +196,10 @@ _EXPLICIT_TYPES = {
     "model.embd_dim": (int, list),
     "test_cfg.ext_score_file": (str, type(None)),
     "amp": (str, type(None)),
+    "features.backbone": (str, type(None)),
+    "features.fps": _NUMBER + (type(None),),
+    "features.rgb_weights": (str, type(None)),
+    "features.flow_weights": (str, type(None)),
     "model.n_sgp_win_size": (int, list),          # TriDet
     "model.sgp_mlp_dim": (int, type(None)),       # TriDet
 }
@@ -195,6 +210,7 @@ _INTEGER_KEYS = {
     "model.embd_kernel_size", "model.fpn_dim", "model.fpn_start_level", "model.head_dim",
     "model.head_kernel_size", "model.head_num_layers", "test_cfg.pre_nms_topk",
     "test_cfg.max_seg_num", "opt.epochs", "opt.warmup_epochs", "opt.early_stop_epochs",
+    "features.clip_len", "features.stride", "features.short_side", "features.crop_size",
     "model.boudary_kernel_size", "model.num_bins",                           # TriDet
 }
 _CHOICES = {
@@ -265,7 +281,8 @@ def _known_paths(defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     return known
 
 
-_SECTIONS = {k for k, v in _flatten(DEFAULTS).items() if isinstance(v, dict)}
+_SECTIONS = {k for k, v in {**_flatten(DEFAULTS), **_flatten(EXTRA_DEFAULTS)}.items()
+             if isinstance(v, dict)}
 
 
 def _suggest(path: str, known: Iterable[str]) -> str:
@@ -363,7 +380,7 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
                       f"[min, max] pairs (one per pyramid level), got {len(ranges)}")
     elif any(len(r) != 2 or r[0] > r[1] for r in ranges):
         errors.append(f"model.regression_range: every entry must be [min, max] with min <= max, got {ranges}")
-    if wins is not None and model["backbone_type"] == "convTransformer":
+    if wins is not None:                  # the reference checks this for every backbone
         factor = max_div_factor(model["scale_factor"], num_levels, wins)
         if data["max_seq_len"] % factor:
             errors.append(
@@ -588,7 +605,20 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None,
         cfg = {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{config_file}: expected a mapping of config keys at the top level")
-    cfg = _as_lists(cfg)
+    return config_from_dict(cfg, overrides, defaults, source=config_file)
+
+
+def config_from_dict(cfg: Dict[str, Any], overrides: Optional[Sequence[str]] = None,
+                     defaults: Optional[Dict[str, Any]] = None,
+                     source: str = "config") -> Dict[str, Any]:
+    """:func:`load_config` for a config already in memory (nested dict, as in a YAML file).
+
+    The single place where a config gets its defaults and checks: the model and the other
+    modules take the result as it is. ``cfg`` is not modified; ``source`` prefixes errors.
+    ``config_from_dict({"dataset": {"input_dim": 6}, "model": {"n_head": 2}})["model"]`` is the
+    full keyword set of ``make_meta_arch``.
+    """
+    cfg = _as_lists(cfg)                       # a new tree: the caller's dict stays as it is
     _normalise_splits(cfg)
     # a saved resolved config carries the derived sections: they are recomputed below
     for section in ("train_cfg", "test_cfg"):
@@ -603,7 +633,7 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None,
     _merge_defaults(_as_lists(schema_defaults(cfg) if defaults is None else defaults), cfg)
     _merge_defaults(_as_lists(EXTRA_DEFAULTS), cfg)
     _update_derived(cfg)
-    validate_config(cfg, source=config_file)
+    validate_config(cfg, source=source)
     return apply_overrides(cfg, overrides)
 
 

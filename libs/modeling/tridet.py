@@ -19,21 +19,11 @@ from torch import Tensor, nn
 from .decoding import decode_candidates, postprocess_video
 from .heads import ClsHead, RegHead
 from .losses import ctr_diou_loss_1d, ctr_iou_loss_1d, sigmoid_focal_loss
-from .meta_archs import LocPointTransformer, _with_defaults
+from .meta_archs import LocPointTransformer
 from .models import make_backbone, make_generator, make_neck, register_meta_arch
 from .trident import boundary_windows, trident_offsets
 
 __all__ = ["TriDet", "tridet_max_div_factor"]
-
-# TriDet's train_cfg / test_cfg defaults equal ActionFormer's (TriDet's libs/core/config.py)
-_TRAIN_DEFAULTS = {"center_sample": "radius", "center_sample_radius": 1.5, "loss_weight": 1.0,
-                   "cls_prior_prob": 0.01, "init_loss_norm": 2000, "clip_grad_l2norm": -1,
-                   "head_empty_cls": [], "dropout": 0.0, "droppath": 0.1, "label_smoothing": 0.0}
-_TEST_DEFAULTS = {"pre_nms_thresh": 0.001, "pre_nms_topk": 5000, "iou_threshold": 0.1,
-                  "min_score": 0.01, "max_seg_num": 1000, "nms_method": "soft", "nms_sigma": 0.5,
-                  "duration_thresh": 0.05, "multiclass_nms": True, "ext_score_file": None,
-                  "voting_thresh": 0.75, "tight_padding": False}
-
 
 def tridet_max_div_factor(scale_factor: int, num_levels: int, win_sizes: Sequence[int]) -> int:
     """Multiple TriDet pads long inference inputs to: max over levels of ``stride · w``
@@ -96,9 +86,9 @@ class TriDet(LocPointTransformer):
                  num_classes: int, train_cfg: Mapping[str, Any],
                  test_cfg: Mapping[str, Any]) -> None:
         nn.Module.__init__(self)   # the parts differ; methods for input checks are shared
-        self.train_cfg = _with_defaults(train_cfg, _TRAIN_DEFAULTS)
-        self.test_cfg = _with_defaults(test_cfg, _TEST_DEFAULTS)
-        self._check_cfgs()
+        # the config module has merged TriDet's defaults and validated every value
+        self.train_cfg = dict(train_cfg)
+        self.test_cfg = dict(test_cfg)
         num_levels = backbone_arch[-1] + 1
         self.fpn_strides = [scale_factor ** l for l in range(num_levels)]
         if len(regression_range) != num_levels:
@@ -129,8 +119,9 @@ class TriDet(LocPointTransformer):
                 arch=backbone_arch, scale_factor=scale_factor, with_ln=embd_with_ln)
         self.neck = make_neck(fpn_type, in_channels=[embd_dim] * num_levels, out_channel=fpn_dim,
                               scale_factor=scale_factor, with_ln=fpn_with_ln)
-        self.point_generator = make_generator("point", fpn_strides=self.fpn_strides,
-                                              regression_range=regression_range)
+        self.point_generator = make_generator(
+            "point", max_seq_len=max_seq_len * max_buffer_len_factor, fpn_strides=self.fpn_strides,
+            regression_range=regression_range)
         head = partial(ClsHead, fpn_dim, head_dim, num_classes,
                        prior_prob=self.train_cfg["cls_prior_prob"], num_layers=head_num_layers,
                        with_ln=head_with_ln, empty_cls=self.train_cfg["head_empty_cls"])
