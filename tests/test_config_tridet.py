@@ -127,3 +127,28 @@ def test_eta_min_is_the_cosine_floor():
             lrs.append(opt.param_groups[0]["lr"])
         floor = 1e-8 if eta_min is None else eta_min
         assert lrs[3] == pytest.approx(floor + (1 - floor) * 0.5) and lrs[5] == pytest.approx(floor)
+
+
+def test_tridets_training_crop_clips_to_the_window_itself(tmp_path):
+    """dataset.widen_truncation: the reference clips cropped actions to the window widened by
+    half a feature window (2 steps for THUMOS' 16 frames / stride 4); TriDet's loaders (its schema's
+    default) to the window itself."""
+    import random
+    from libs.datasets import make_dataset
+    from tools.make_demo_data import make_demo_data
+    make_demo_data(str(tmp_path), num_train=6, num_test=2, num_classes=2, feat_dim=8,
+                   min_len=100, max_len=120, amplitude=1.0, seed=3)
+    cfg = load_config("configs/tridet/thumos_i3d.yaml", [
+        f"dataset.json_file={tmp_path}/annotations/demo.json",
+        f"dataset.feat_folder={tmp_path}/features", "dataset.num_classes=2",
+        "dataset.input_dim=8", "dataset.max_seq_len=32"])
+    reach = {}
+    for widen in (False, True):
+        data = make_dataset("thumos", True, ["validation"],
+                            **{**cfg["dataset"], "widen_truncation": widen})
+        random.seed(0)
+        segs = torch.cat([data[i % len(data)]["segments"] for i in range(60)])
+        reach[widen] = (segs.min().item(), segs.max().item())
+    assert reach[False][0] >= 0 and reach[False][1] <= 32
+    assert reach[True][0] < 0 or reach[True][1] > 32
+    assert reach[True][0] >= -2 and reach[True][1] <= 34

@@ -116,6 +116,9 @@ DEFAULTS: Dict[str, Any] = {
 # Keys this project adds on top of the reference. Their defaults reproduce the reference; they
 # are filled in like the defaults, so a resolved config always shows them.
 EXTRA_DEFAULTS: Dict[str, Any] = {
+    "dataset": {
+        "widen_truncation": None,  # training crop clips actions to its window widened by half a
+    },                             # feature window (true) or not (false); null: the loader's rule
     "amp": None,                  # None | 'bf16' | 'fp16': autocast around the model's forward
     "ema_decay": 0.999,           # model EMA decay per iteration (the reference's constant)
     "test_cfg": {
@@ -138,6 +141,7 @@ TRIDET_NAME = "TriDet"
 TRIDET_DEFAULTS: Dict[str, Any] = {
     **{k: v for k, v in DEFAULTS.items() if k not in ("model", "opt")},
     "model_name": TRIDET_NAME,
+    "dataset": {**DEFAULTS["dataset"], "widen_truncation": False},   # TriDet's loaders' crop
     "model": {
         "backbone_type": "SGP",               # SGP | conv
         "fpn_type": "identity",               # identity | fpn
@@ -202,6 +206,7 @@ _EXPLICIT_TYPES = {
     "features.flow_weights": (str, type(None)),
     "model.n_sgp_win_size": (int, list),          # TriDet
     "model.sgp_mlp_dim": (int, type(None)),       # TriDet
+    "dataset.widen_truncation": (bool, type(None)),
 }
 # Integer-valued fields (counts, sizes); other fields with an integer default accept any number.
 _INTEGER_KEYS = {
