@@ -26,8 +26,15 @@ Videos longer than ``--window`` grid steps (default 4 x max_seq_len) are process
 overlapping by ``--overlap`` steps (default max_seq_len / 2), read from disk window by window:
 peak memory does not grow with the video length. Shorter videos give exactly eval.py's output.
 
-A bad feature file (unreadable, empty, wrong dimension, NaN/Inf) is reported in one line; the
-other files are still processed and the exit status is 1.
+Video files (``.mp4``, ``.avi``, ``.mkv``, ...; also inside folders) are turned into features
+first, with the extractor recorded in the config's ``features:`` block (else in the checkpoint
+folder's ``config.yaml``): backbone, clip length and stride, weights (see
+``tools/extract_features.py``; needs ``pip install -e .[video]``). Their fps and duration come from
+the video itself. Features are streamed to a temporary ``.npy`` and read back window by window,
+so memory stays flat in the video length.
+
+A bad feature file (unreadable, empty, wrong dimension, NaN/Inf) or video is reported in one line;
+the other files are still processed and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ from libs.modeling import make_meta_arch  # noqa: E402
 from libs.datasets.feature_io import FeatureError, VideoFeatures, find_feature_files, open_features  # noqa: E402
 from libs.utils.prediction_io import read_class_names  # noqa: E402
 from libs.utils.io import atomic_open, write_json  # noqa: E402
+from libs.video.files import split_video_inputs  # noqa: E402
 from libs.engine.windowed_inference import (default_window, normalise_window,  # noqa: E402
                                            windowed_inference)
 
@@ -155,12 +163,14 @@ class Predictor:
             raise ValueError(f"--overlap: expected 0 <= overlap < window ({self.window} steps), "
                              f"got {self.overlap}")
         self.results: Dict[str, Dict[str, Any]] = {}
+        self.video_records: Dict[str, Mapping[str, Any]] = {}   # fps, duration of video files
         self.failures: List[str] = []
         self._pending: List[Tuple[Dict[str, Any], int]] = []
 
     def video_meta(self, file, feats) -> Dict[str, Any]:
-        entry = self.info.entry(file.video_id)
-        fps = self.args.fps or self.cfg["dataset"].get("default_fps") or _number(entry, "fps")
+        entry = dict(self.info.entry(file.video_id), **self.video_records.get(file.video_id, {}))
+        fps = _number(self.video_records.get(file.video_id, {}), "fps") or self.args.fps \
+            or self.cfg["dataset"].get("default_fps") or _number(entry, "fps")
         if fps is None:
             raise FeatureError(f"{file.where}: video '{file.video_id}': field 'fps' unknown: pass "
                                f"--fps, set dataset.default_fps, or list the video in --labels")
@@ -263,6 +273,60 @@ def write_outputs(args: argparse.Namespace, results, info: VideoInfo, num_classe
         write_csv(args.csv, results, info)
 
 
+# ---- video files: extract features with the recorded extractor, then predict as for files ----
+def video_extractor(args: argparse.Namespace, cfg: Dict[str, Any], device: torch.device):
+    """(options, extractor) from the config's ``features:`` block or the checkpoint folder's
+    ``config.yaml``; the sampling must match the model's feature grid."""
+    from libs.video import missing_video_extra
+
+    missing = missing_video_extra()
+    if missing:
+        raise RuntimeError(f"video files given: {missing}")
+    from libs.video.backbones import build_extractor
+    from libs.video.options import ExtractorOptions
+
+    block, where = cfg["features"], args.config
+    folder = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(args.ckpt)
+    saved = os.path.join(folder, "config.yaml")
+    if block.get("backbone") is None and os.path.isfile(saved):
+        block, where = load_config(saved)["features"], saved
+    if block.get("backbone") is None:
+        raise ValueError(f"{args.config}: features.backbone: not set, so video files cannot be "
+                         f"turned into features; add a features: block (see docs/own_videos.md)")
+    opts = ExtractorOptions.from_mapping(block, where)
+    stride = args.feat_stride or cfg["dataset"]["feat_stride"]
+    clip = args.num_frames or cfg["dataset"]["num_frames"]
+    if (opts.stride, opts.clip_len) != (stride, clip):
+        raise ValueError(f"{where}: features.stride / clip_len = {opts.stride} / {opts.clip_len} "
+                         f"but the model's feat_stride / num_frames = {stride:g} / {clip:g}")
+    torch.manual_seed(0)            # weights 'none': the same random weights as the extractor tool
+    return opts, build_extractor(opts, device)
+
+
+def predict_videos(predictor: "Predictor", videos: List[Tuple[str, str]], extractor,
+                   device: torch.device, batch_size: int = 8) -> None:
+    """Extract each video to a temporary ``.npy`` (streamed), predict on it, delete it."""
+    import tempfile
+
+    from libs.datasets.feature_io import FeatureFile
+    from libs.video.extract import extract_file, open_video_batches
+
+    opts, model = extractor
+    with tempfile.TemporaryDirectory(prefix="predict_features_") as tmp:
+        for vid, path in videos:
+            npy = os.path.join(tmp, f"{vid}.npy")
+            try:
+                reader, batches = open_video_batches(path, model, opts, batch_size)
+                predictor.video_records[vid] = extract_file(reader, batches(), model, opts, npy,
+                                                            device)
+            except (ValueError, OSError, RuntimeError) as exc:
+                predictor.fail(str(exc).splitlines()[0])
+                continue
+            predictor.run(FeatureFile(vid, npy))
+            predictor.flush()           # the batch may hold this file's features
+            os.remove(npy)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
@@ -273,8 +337,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if label_file is None and os.path.isfile(str(cfg["dataset"].get("json_file"))):
         label_file = cfg["dataset"]["json_file"]
     info = VideoInfo(label_file, cfg["dataset"]["num_classes"])
-    files, problems = find_feature_files(args.features)
-    model = build_model(cfg, args.ckpt, resolve_device(args.device), args.weights)
+    videos, feature_paths, video_problems = split_video_inputs(args.features)
+    files, problems = find_feature_files(feature_paths) if feature_paths else ([], [])
+    problems = video_problems + problems
+    device = resolve_device(args.device)
+    extractor = video_extractor(args, cfg, device) if videos else None
+    model = build_model(cfg, args.ckpt, device, args.weights)
     if args.curves:
         os.makedirs(args.curves, exist_ok=True)
 
@@ -284,9 +352,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.time()
     for file in files:
         predictor.run(file)
+    if videos:
+        predict_videos(predictor, videos, extractor, device)
     predictor.flush()
 
-    order = [f.video_id for f in files if f.video_id in predictor.results]
+    order = [f.video_id for f in files] + [vid for vid, _ in videos]
+    order = [vid for vid in order if vid in predictor.results]
     results = {vid: predictor.results[vid] for vid in order}
     write_outputs(args, results, info, cfg["dataset"]["num_classes"])
     total = sum(len(det["scores"]) for det in results.values())
@@ -294,7 +365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{len(results)} videos, {total} detections in {time.time() - start:.1f} s -> {args.out}"
               + (f", {args.csv}" if args.csv else ""))
     if predictor.failures:
-        print(f"{len(predictor.failures)} feature files failed (see the error lines above)",
+        print(f"{len(predictor.failures)} inputs failed (see the error lines above)",
               file=sys.stderr)
         return 1
     return 0
