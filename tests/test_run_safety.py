@@ -179,6 +179,8 @@ def test_ctrl_c_says_where_and_how_to_resume(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "ckpt" / "demo_c"
     assert status == 130
     assert err == [f"train.py: interrupted at epoch 2, iteration 2; resume with --resume {folder}/last.pth.tar"]
+    assert open(folder / "train.log").read().splitlines()[-1] == (
+        f"stopped: interrupted at epoch 2, iteration 2; resume with --resume {folder}/last.pth.tar")
     steps.clear()
     with pytest.raises(Interrupted, match="interrupted at epoch 1, iteration 2; no checkpoint was saved yet"):
         steps.extend([1, 1])
