@@ -1,4 +1,4 @@
-"""Convert the official Ego4D Moment Queries files into what the ``ego4d`` loader reads (spec A.6).
+"""Convert the official Ego4D Moment Queries files into what the ``ego4d`` loader reads.
 
 Input (the official downloads), laid out as the reference expects::
 
@@ -9,7 +9,7 @@ Input (the official downloads), laid out as the reference expects::
 
 Output::
 
-    ./annotations/ego4d.json                             clip-level annotation JSON (spec A.1)
+    ./annotations/ego4d.json                             clip-level annotation JSON (the common format)
     ./features/{slowfast,omnivore}_features/<clip_uid>.npy   per-clip T x D float32
 
 Run without arguments from that folder (``python tools/convert_ego4d_trainval.py``) or name each
@@ -33,6 +33,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from libs.utils.io import write_json  # noqa: E402
 from tqdm import tqdm
 
 CLIP_SIZE = 32    # frames per feature window
@@ -59,7 +62,7 @@ def load_label_map(path: str) -> Dict[str, int]:
 
 def plan_clip(clip: Dict[str, Any], subset: str, label_map: Dict[str, int],
               where: str, problems: List[str]) -> Optional[Dict[str, Any]]:
-    """Grid alignment, feature slice and annotations of one clip (spec A.6 steps 2-6).
+    """Grid alignment, feature slice and annotations of one clip.
 
     Returns ``{'clip_uid', 'si', 'ei', 'entry'}`` (feature rows ``si:ei``; ``entry`` is the JSON
     record, None without annotations) or ``{'clip_uid', 'skip': reason}``. The arithmetic runs in
@@ -192,10 +195,7 @@ def convert(train_annot: str, val_annot: str, slowfast_dir: str, omnivore_dir: s
                 database[cid] = plan["entry"]
 
     os.makedirs(os.path.dirname(annot_out) or ".", exist_ok=True)
-    tmp = annot_out + ".tmp"
-    with open(tmp, "w") as fid:
-        json.dump({"version": "v1", "database": database}, fid)
-    os.replace(tmp, annot_out)
+    write_json({"version": "v1", "database": database}, annot_out)
     return {"clips": len(database), "feature_files": feature_files, "skipped": skipped}
 
 

@@ -51,12 +51,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.core import ConfigError, load_config  # noqa: E402
+from libs.core import load_config  # noqa: E402
+from libs.core.cli import run_main  # noqa: E402
 from libs.engine import resolve_checkpoint, resolve_device  # noqa: E402
-from libs.modeling import load_model_weights, make_meta_arch  # noqa: E402
-from libs.datasets.feature_io import FeatureError, find_feature_files, open_features  # noqa: E402
+from libs.engine.checkpoints import load_weights  # noqa: E402
+from libs.modeling import make_meta_arch  # noqa: E402
+from libs.datasets.feature_io import FeatureError, VideoFeatures, find_feature_files, open_features  # noqa: E402
 from libs.utils.prediction_io import read_class_names  # noqa: E402
-from libs.utils.train_utils import load_checkpoint  # noqa: E402
+from libs.utils.io import atomic_open, write_json  # noqa: E402
 from libs.video.files import split_video_inputs  # noqa: E402
 from libs.engine.windowed_inference import (default_window, normalise_window,  # noqa: E402
                                            windowed_inference)
@@ -69,24 +71,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("config", help="config file (YAML) the checkpoint was trained with")
     parser.add_argument("ckpt", help="checkpoint file or experiment folder (as eval.py)")
     parser.add_argument("features", nargs="+", help="feature files or folders")
-    parser.add_argument("--fps", type=float, default=None, help="frames per second of every video")
-    parser.add_argument("--feat-stride", type=float, default=None, help="frames between features")
-    parser.add_argument("--num-frames", type=float, default=None, help="frames per feature window")
-    parser.add_argument("--out", default="detections.json", help="results JSON (default %(default)s)")
-    parser.add_argument("--csv", default=None, help="also write the detections as CSV")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frames per second of every video (default: dataset.default_fps, else --labels)")
+    parser.add_argument("--feat-stride", type=float, default=None,
+                        help="frames between features (default: dataset.feat_stride)")
+    parser.add_argument("--num-frames", type=float, default=None,
+                        help="frames per feature window (default: dataset.num_frames)")
+    parser.add_argument("--out", default="detections.json",
+                        help="results JSON (default %(default)s; written atomically, and not at all "
+                             "when no video succeeded)")
+    parser.add_argument("--csv", default=None, help="also write the detections as CSV (default: no CSV)")
     parser.add_argument("--labels", default=None,
-                        help="class names: label map text file or annotation JSON")
+                        help="class names: label map text file or annotation JSON "
+                             "(default: the config's dataset.json_file when it exists)")
     parser.add_argument("--topk", type=int, default=100, help="detections per video (default 100)")
     parser.add_argument("--min-score", type=float, default=0.05,
                         help="drop detections scoring below this (default 0.05)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default cpu)")
     parser.add_argument("--batch-size", type=int, default=1,
-                        help="videos per forward pass among those that fit one window")
+                        help="videos per forward pass among those that fit one window (default 1)")
     parser.add_argument("--window", type=int, default=None,
-                        help="longest video processed whole, and the window length, in grid steps")
-    parser.add_argument("--overlap", type=int, default=None, help="window overlap in grid steps")
+                        help="longest video processed whole, and the window length, in grid steps "
+                             "(default 4 x max_seq_len)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="window overlap in grid steps (default max_seq_len / 2)")
     parser.add_argument("--curves", default=None, metavar="DIR",
-                        help="write per-step class scores to DIR/<video>.npz")
+                        help="write per-step class scores to DIR/<video>.npz (default: none)")
+    parser.add_argument("--weights", default="ema", choices=["ema", "live"],
+                        help="EMA weights (default, as eval.py) or the live training weights")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides")
     return parser.parse_args(argv)
@@ -129,12 +142,11 @@ def _number(entry: Mapping[str, Any], key: str) -> Optional[float]:
     return None
 
 
-def build_model(cfg: Dict[str, Any], ckpt_path: str, device: torch.device) -> torch.nn.Module:
-    """The config's model with the checkpoint's EMA weights, in eval mode."""
+def build_model(cfg: Dict[str, Any], ckpt_path: str, device: torch.device,
+                weights: str = "ema") -> torch.nn.Module:
+    """The config's model with the checkpoint's EMA (``weights='ema'``) or live weights, in eval mode."""
     model = make_meta_arch(cfg["model_name"], **cfg["model"]).to(device)
-    ckpt_file = resolve_checkpoint(ckpt_path)
-    load_model_weights(model, load_checkpoint(ckpt_file, required=("state_dict_ema",)),
-                       key="state_dict_ema")
+    load_weights(model, resolve_checkpoint(ckpt_path), weights)
     return model.eval()
 
 
@@ -166,11 +178,14 @@ class Predictor:
         return {"video_id": file.video_id, "fps": fps, "duration": duration,
                 "feat_stride": feats.feat_stride, "feat_num_frames": feats.num_frames}
 
+    def open(self, file) -> VideoFeatures:
+        """The features of one input (a feature file or an HDF5 entry) on the model's grid."""
+        return open_features(file, self.cfg["dataset"], self.args.feat_stride, self.args.num_frames)
+
     def run(self, file) -> None:
         """Predict one file (a whole-video batch is flushed when full)."""
         try:
-            feats = open_features(file, self.cfg["dataset"], self.args.feat_stride,
-                                  self.args.num_frames)
+            feats = self.open(file)
             with feats:
                 meta = self.video_meta(file, feats)
                 num_steps = feats.shape[1]
@@ -211,8 +226,8 @@ class Predictor:
         if self.args.curves:
             times = (np.arange(num_steps) * meta["feat_stride"] + 0.5 * meta["feat_num_frames"]) \
                 / meta["fps"]
-            np.savez(os.path.join(self.args.curves, f"{vid}.npz"), times=times,
-                     scores=out["step_scores"].numpy())
+            with atomic_open(os.path.join(self.args.curves, f"{vid}.npz"), "wb") as f:
+                np.savez(f, times=times, scores=out["step_scores"].numpy())
         windows = f", {out['num_windows']} windows" if out["num_windows"] > 1 else ""
         best = ""
         if len(det["scores"]):
@@ -238,13 +253,24 @@ def results_json(results: Mapping[str, Mapping[str, np.ndarray]], info: VideoInf
 
 
 def write_csv(path: str, results: Mapping[str, Mapping[str, np.ndarray]], info: VideoInfo) -> None:
-    with open(path, "w", newline="", encoding="utf8") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["video", "start_s", "end_s", "label", "score"])
         for vid, det in results.items():
             for (start, end), label, score in zip(det["segments"], det["labels"], det["scores"]):
                 writer.writerow([vid, f"{start:.3f}", f"{end:.3f}", info.name(label),
                                  f"{score:.4f}"])
+
+
+def write_outputs(args: argparse.Namespace, results, info: VideoInfo, num_classes: int) -> None:
+    """``--out`` (and ``--csv``), atomically; nothing at all when no video succeeded, so that an
+    earlier output is never replaced by an empty one."""
+    if not results:
+        print(f"no video succeeded: {args.out} not written", file=sys.stderr, flush=True)
+        return
+    write_json(results_json(results, info, num_classes), args.out)
+    if args.csv:
+        write_csv(args.csv, results, info)
 
 
 # ---- video files: extract features with the recorded extractor, then predict as for files ----
@@ -316,7 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     problems = video_problems + problems
     device = resolve_device(args.device)
     extractor = video_extractor(args, cfg, device) if videos else None
-    model = build_model(cfg, args.ckpt, device)
+    model = build_model(cfg, args.ckpt, device, args.weights)
     if args.curves:
         os.makedirs(args.curves, exist_ok=True)
 
@@ -333,13 +359,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     order = [f.video_id for f in files] + [vid for vid, _ in videos]
     order = [vid for vid in order if vid in predictor.results]
     results = {vid: predictor.results[vid] for vid in order}
-    with open(args.out, "w", encoding="utf8") as f:
-        json.dump(results_json(results, info, cfg["dataset"]["num_classes"]), f)
-    if args.csv:
-        write_csv(args.csv, results, info)
+    write_outputs(args, results, info, cfg["dataset"]["num_classes"])
     total = sum(len(det["scores"]) for det in results.values())
-    print(f"{len(results)} videos, {total} detections in {time.time() - start:.1f} s -> {args.out}"
-          + (f", {args.csv}" if args.csv else ""))
+    if results:
+        print(f"{len(results)} videos, {total} detections in {time.time() - start:.1f} s -> {args.out}"
+              + (f", {args.csv}" if args.csv else ""))
     if predictor.failures:
         print(f"{len(predictor.failures)} inputs failed (see the error lines above)",
               file=sys.stderr)
@@ -348,11 +372,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        if os.environ.get("ACTIONFORMER_DEBUG") == "1":
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"predict.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, "predict.py")
