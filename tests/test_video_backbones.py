@@ -60,6 +60,16 @@ def test_unknown_weights_name():
                         torch.device("cpu"))
 
 
+def test_clip_lengths_the_models_cannot_take():
+    from libs.video.backbones import build_extractor
+    from libs.video.options import ExtractorOptions
+
+    for name, clip, need in (("s3d", 8, "at least 14"), ("mvit_v2_s", 32, "exactly 16")):
+        with pytest.raises(ValueError, match=f"--clip-len {clip}: {name} needs {need} frames"):
+            build_extractor(ExtractorOptions(backbone=name, weights="none", clip_len=clip),
+                            torch.device("meta"))
+
+
 def test_flow_scaling_known_answer():
     from libs.video.flow import flow_to_input
 

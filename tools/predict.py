@@ -317,7 +317,7 @@ def predict_videos(predictor: "Predictor", videos: List[Tuple[str, str]], extrac
             npy = os.path.join(tmp, f"{vid}.npy")
             try:
                 reader, batches = open_video_batches(path, model, opts, batch_size)
-                predictor.video_records[vid] = extract_file(reader, batches(), model, opts, npy,
+                predictor.video_records[vid] = extract_file(reader, batches, model, opts, npy,
                                                             device)
             except (ValueError, OSError, RuntimeError) as exc:
                 predictor.fail(str(exc).splitlines()[0])

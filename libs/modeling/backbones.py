@@ -1,4 +1,4 @@
-"""Backbones: embedding convs followed by a stem and a down-sampling branch (spec C.3-C.7).
+"""Backbones: embedding convs followed by a stem and a down-sampling branch.
 
 forward(x ``B×D×T``, mask ``B×1×T``, extent) -> (features, masks), one pair per pyramid level
 l = 0 … arch[2]: ``B×E×T/2^l`` and ``B×1×T/2^l``.
@@ -22,8 +22,8 @@ Dims = Union[int, Sequence[int]]
 
 
 class _EmbeddingBackbone(nn.Module):
-    """Shared structure: the optional per-source 1×1 projection (spec A.3), the embedding convs
-    (masked conv -> LayerNorm -> ReLU, spec C.3), then ``stem`` (stride 1) and ``branch``
+    """Shared structure: the optional per-source 1×1 projection, the embedding convs
+    (masked conv -> LayerNorm -> ReLU), then ``stem`` (stride 1) and ``branch``
     (stride ``scale_factor`` each) block lists that sub-classes build."""
 
     def _build_embedding(self, n_in: Dims, n_embd: Dims, kernel_size: int, n_layers: int,
@@ -98,7 +98,7 @@ class _EmbeddingBackbone(nn.Module):
 
 
 class _AbsolutePositionMixin:
-    """Sinusoidal absolute position embedding added after the embedding convs (spec C.4).
+    """Sinusoidal absolute position embedding added after the embedding convs.
 
     Needs ``use_abs_pe``, ``max_len``, ``training`` and (when enabled) the ``pos_embd`` buffer,
     made by :meth:`_register_position_table`.
@@ -122,7 +122,7 @@ class _AbsolutePositionMixin:
 
     def _position_embedding(self, T: int, extent: Optional[Tensor]) -> Tensor:
         """Absolute PE for a padded batch: ``1×E×T``, or ``B×E×T`` when videos in the batch have
-        different extents (each gets the table stretched to its own extent, spec C.4)."""
+        different extents (each gets the table stretched to its own extent)."""
         if self.training:
             if T > self.max_len:
                 raise ValueError(f"training sequence of {T} steps is longer than max_seq_len "
@@ -178,7 +178,7 @@ class ConvTransformerBackbone(_AbsolutePositionMixin, _EmbeddingBackbone):
 
 @register_backbone("conv")
 class ConvBackbone(_EmbeddingBackbone):
-    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks (spec C.7)."""
+    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks."""
 
     def __init__(self, n_in: Dims, n_embd: Dims, n_embd_ks: int,
                  arch: Sequence[int] = (2, 2, 5), scale_factor: int = 2,
