@@ -315,7 +315,7 @@ def main() -> None:
     infer = round_robin({f"{i} {p}": inference_step(model, item, i, p, device)
                          for i, p in configs}, repeats, device)
     installs = round_robin({f"{p} {b}": install_mode_step(model, item, p, device, b)
-                            for p in PRECISIONS for b in ("cpp", "torch")
+                            for p in precisions(device) for b in ("cpp", "torch")
                             if b == "torch" or cpp_nms_available()}, repeats, device)
     del model, optimizer
 
@@ -342,7 +342,7 @@ def main() -> None:
 
     print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
     print("| | C++ extension | no extension (PyTorch NMS) | slowdown |\n|---|---|---|---|")
-    for prec in PRECISIONS:
+    for prec in precisions(device):
         ext, none = installs.get(f"{prec} cpp"), installs[f"{prec} torch"]
         print(f"| ours {prec} | {_fmt_times(ext) if ext else 'not built'} | {_fmt_times(none)} | "
               + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))

@@ -10,7 +10,6 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.registry import Registry
