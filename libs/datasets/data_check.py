@@ -102,7 +102,7 @@ def _check_video(dataset, video: dict, report: ProblemReport, full: bool) -> int
         grid = seconds_to_grid(video["segments"], video["fps"], stride, 0.5 * dataset.num_frames / stride)
         if bool((grid[:, 0] >= length).any()):
             report.warn("actions starting after the last feature (features shorter than the "
-                        f"annotations; check feat_stride / fps)", vid)
+                        "annotations; check feat_stride / fps)", vid)
     return len(reader.folders)
 
 
