@@ -1,4 +1,4 @@
-"""Label assignment: which points are positives, their classes and regression targets (spec D.1).
+"""Label assignment: which points are positives, their classes and regression targets.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 __all__ = ["assign_points"]
 
 # GTs whose length is within this many grid steps of the shortest qualifying one all give their
-# class to the point (multi-label targets for near-identical actions, spec D.1 step 5).
+# class to the point (multi-label targets for near-identical actions).
 _MULTI_LABEL_LENGTH_TOL = 1e-3
 
 
