@@ -13,7 +13,8 @@ they are). Prints the mAP table ending with ``Average mAP: xx.xx (%)`` and write
 ``eval_metrics.json`` beside the checkpoint (``eval_metrics_<checkpoint>[_live].json`` for another
 checkpoint than the folder's default or for live weights), recording the checkpoint, its epoch,
 the config and the weights. ``--saveonly`` writes the predictions (before score fusion) as
-``eval_results.pkl`` and ActivityNet-style ``eval_results.json`` instead; ``--save`` does both.
+``eval_results.pkl`` and ActivityNet-style ``eval_results.json`` instead; ``--save`` does both. The
+same ``_<checkpoint>[_live]`` suffix applies to these files, so no evaluation overwrites another's.
 """
 from __future__ import annotations
 
