@@ -1,4 +1,4 @@
-"""Speed and memory of the THUMOS model (configs/thumos_i3d.yaml): reference formulation vs ours.
+"""Speed and memory of a THUMOS model (configs/thumos_i3d.yaml): reference formulation vs ours.
 
 Side by side, with the same weights and inputs (random features, batch 2 × 2048 × 2304):
 
@@ -23,6 +23,10 @@ over all of them; min and median are printed, and speed-ups are the median over 
 ratio within the round (robust to the machine's speed drifting between rounds).
 
     python tools/benchmark.py [--quick] [--device cpu|cuda] [--threads N] [--repeats R]
+                              [--config configs/tridet/thumos_i3d.yaml]
+
+``--config`` times another model on the same inputs (any config with 2048-d features, e.g.
+TriDet's THUMOS config; "reference" then means the plain formulation of the same layers).
 """
 from __future__ import annotations
 
@@ -46,8 +50,8 @@ from libs.modeling.blocks import reference_formulation  # noqa: E402
 from libs.utils.cpu_memory import reuse_freed_memory  # noqa: E402
 from libs.utils.nms import auto_backend, batched_nms, cpp_nms_available  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                      "thumos_i3d.yaml")
+CONFIG = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                       "thumos_i3d.yaml")]   # --config replaces it
 TRAIN_LENGTH = 2304
 MEMORY_LENGTHS = (2304, 9216, 36864)
 IMPLS = ("reference", "ours")
@@ -61,7 +65,7 @@ def precisions(device: str) -> List[str]:
 
 def build_model(device: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG[0])
     return make_meta_arch(cfg["model_name"], **cfg["model"]).to(device)
 
 
@@ -257,7 +261,7 @@ def memory_probe(length: int, impl: str, device: str) -> Dict[str, float]:
 
 def run_probe(length: int, impl: str, device: str, threads: Optional[int]) -> Dict[str, float]:
     cmd = [sys.executable, os.path.abspath(__file__), "--probe", str(length), "--impl", impl,
-           "--device", device] + (["--threads", str(threads)] if threads else [])
+           "--device", device, "--config", CONFIG[0]] + (["--threads", str(threads)] if threads else [])
     # glibc returns every block of 64 KiB or more to the system when freed (no adaptive mmap
     # threshold, no heap fragments): resident memory then follows the live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -287,9 +291,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds (default 7, --quick 2)")
+    parser.add_argument("--config", default=CONFIG[0], help="model config (default THUMOS ActionFormer)")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="ours", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    CONFIG[0] = args.config
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.probe is not None:
@@ -299,7 +305,7 @@ def main() -> None:
     reuse_freed_memory()                        # as train.py / eval.py; not in the probes
     repeats = args.repeats or (2 if args.quick else 7)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
-    print(f"torch {torch.__version__}, device {device} ({name}), "
+    print(f"{args.config}: torch {torch.__version__}, device {device} ({name}), "
           f"{torch.get_num_threads()} threads; times in s as min / median of {repeats} rounds")
 
     configs = [(impl, prec) for impl in IMPLS for prec in precisions(device)]

@@ -61,6 +61,9 @@ class ActionDataset(Dataset):
         input_dim: feature channels (int, or one int per folder); num_classes: classes.
         file_prefix, file_ext: feature file name = ``prefix + video_id + ext``.
         force_upsampling: ActivityNet only: resize every video to ``max_seq_len`` steps.
+        widen_truncation: True: the training crop clips actions to its window widened by half a
+            feature window on each side (the reference); False: to the window itself (TriDet's
+            loaders); None: the loader's own rule (class attribute ``widen_truncation``).
     """
 
     dataset_name = "action"
@@ -69,13 +72,15 @@ class ActionDataset(Dataset):
     exact_num_classes = True        # False: the JSON may use fewer than num_classes classes
     report_empty_classes = False    # fill get_attributes()['empty_label_ids'] (spec B.6)
     requires_duration = False       # False: a missing duration means 1e8 s
+    widen_truncation = True         # training crops clip actions to the window ± feat_offset
 
     def __init__(self, is_training: bool, split: Sequence[str], *, json_file: str,
                  feat_folder: Union[str, Sequence[str]], feat_stride: int, num_frames: int,
                  input_dim: Union[int, Sequence[int]], num_classes: int, max_seq_len: int,
                  trunc_thresh: float, default_fps: Optional[float] = None, downsample_rate: int = 1,
                  crop_ratio: Optional[Sequence[float]] = None, file_prefix: Optional[str] = None,
-                 file_ext: Optional[str] = ".npy", force_upsampling: bool = False) -> None:
+                 file_ext: Optional[str] = ".npy", force_upsampling: bool = False,
+                 widen_truncation: Optional[bool] = None) -> None:
         if isinstance(split, str):
             split = [split]
         if crop_ratio is not None and len(crop_ratio) != 2:
@@ -95,6 +100,8 @@ class ActionDataset(Dataset):
         self.input_dim = input_dim
         self.num_classes = num_classes
         self.force_upsampling = force_upsampling
+        if widen_truncation is not None:
+            self.widen_truncation = widen_truncation
         self.reader = FeatureReader(feat_folder, file_prefix, file_ext, input_dim)
 
         report = ProblemReport(json_file)
@@ -321,7 +328,8 @@ class ActionDataset(Dataset):
                 "feat_num_frames": num_frames}  # frames
         item.update(self._extra_fields(video))
         if self.is_training and segments is not None:
-            item = truncate_feats(item, self.max_seq_len, self.trunc_thresh, feat_offset, self.crop_ratio)
+            offset = feat_offset if self.widen_truncation else 0.0
+            item = truncate_feats(item, self.max_seq_len, self.trunc_thresh, offset, self.crop_ratio)
         return item
 
     def get_attributes(self) -> Dict[str, Any]:

@@ -86,13 +86,16 @@ class ClsHead(_ConvTower):
 
 class RegHead(_ConvTower):
     """Non-negative (left, right) distances in units of the level stride:
-    ``ReLU(scale_l · conv(x))`` with one learnable ``Scale`` per level."""
+    ``ReLU(scale_l · conv(x))`` with one learnable ``Scale`` per level.
+
+    ``out_dim`` output channels (2; TriDet's Trident head: ``2 · (num_bins + 1)`` bin logits).
+    """
 
     def __init__(self, input_dim: int, feat_dim: int, fpn_levels: int, num_layers: int = 3,
-                 kernel_size: int = 3, with_ln: bool = False) -> None:
+                 kernel_size: int = 3, with_ln: bool = False, out_dim: int = 2) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.scale = nn.ModuleList([Scale() for _ in range(fpn_levels)])
-        self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size, padding=kernel_size // 2)
+        self.offset_head = MaskedConv1D(feat_dim, out_dim, kernel_size, padding=kernel_size // 2)
 
     def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor],
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:

@@ -242,24 +242,10 @@ class LocPointTransformer(nn.Module):
 
         fpn_masks: per level ``B×T_l``; cls_logits ``B×T_l×C``; offsets ``B×T_l×2``.
         """
-        device = self.device
-        all_points = torch.cat(points, dim=0)
-        targets = [assign_points(all_points, item["segments"].to(device),
-                                 item["labels"].to(device), self.num_classes,
-                                 self.train_cfg["center_sample"],
-                                 self.train_cfg["center_sample_radius"])
-                   for item in video_list]
-        gt_cls = torch.stack([t[0] for t in targets])                       # B×P×C
-        gt_offsets = torch.stack([t[1] for t in targets])                   # B×P×2
+        gt_cls, gt_offsets = self.assign_targets(video_list, points)
         valid = torch.cat(fpn_masks, dim=1)                                 # B×P
         pos = (gt_cls.sum(-1) > 0) & valid
-
-        num_pos = pos.sum()
-        if self.num_pos_reducer is not None:
-            num_pos = self.num_pos_reducer(num_pos)
-        num_pos = num_pos.item()
-        momentum = self.loss_normalizer_momentum
-        self.loss_normalizer = momentum * self.loss_normalizer + (1 - momentum) * max(num_pos, 1)
+        num_pos = self.update_loss_normalizer(pos)
 
         smoothing = self.train_cfg["label_smoothing"]
         gt_target = gt_cls[valid] * (1 - smoothing) + smoothing / (self.num_classes + 1)
@@ -276,6 +262,30 @@ class LocPointTransformer(nn.Module):
             weight = cls_loss.detach() / max(reg_loss.item(), 0.01)
         return {"cls_loss": cls_loss, "reg_loss": reg_loss,
                 "final_loss": cls_loss + reg_loss * weight}
+
+    def assign_targets(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor]
+                       ) -> Tuple[Tensor, Tensor]:
+        """Targets of every video for the points of all levels (spec D.1): classes ``B×P×C``
+        and offsets ``B×P×2`` (in strides)."""
+        device = self.device
+        all_points = torch.cat(points, dim=0)
+        targets = [assign_points(all_points, item["segments"].to(device),
+                                 item["labels"].to(device), self.num_classes,
+                                 self.train_cfg["center_sample"],
+                                 self.train_cfg["center_sample_radius"])
+                   for item in video_list]
+        return torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets])
+
+    def update_loss_normalizer(self, pos: Tensor) -> int:
+        """Count the positives (``B×P`` bool; all processes' with ``num_pos_reducer``), move
+        :attr:`loss_normalizer` towards the count (momentum 0.9, at least 1); return the count."""
+        num_pos = pos.sum()
+        if self.num_pos_reducer is not None:
+            num_pos = self.num_pos_reducer(num_pos)
+        num_pos = num_pos.item()
+        momentum = self.loss_normalizer_momentum
+        self.loss_normalizer = momentum * self.loss_normalizer + (1 - momentum) * max(num_pos, 1)
+        return num_pos
 
     @torch.no_grad()
     def inference(self, video_list: Sequence[Mapping[str, Any]], extents: Sequence[int],
