@@ -127,6 +127,15 @@ _OPTIONAL_KEYS = {
     "dataset.file_prefix": (str, type(None)),
     "dataset.file_ext": (str, type(None)),
     "opt.early_stop_epochs": (int,),
+    # --- TemporalMaxer: SimOTA label assignment (absent or null: ActionFormer's assignment) ---
+    "model.assigner": (dict, type(None)),
+    "model.assigner.center_radius": (int, float),
+    "model.assigner.iou_weight": (int, float),
+    "model.assigner.cls_weight": (int, float),
+    "model.assigner.keep_percent": (int, float),
+    "model.assigner.confuse_weight": (int, float),
+    "model.fpn_norm": (str, type(None)),          # TemporalMaxerArchitecture's neck only
+    # --- end TemporalMaxer ---
 }
 # Derived keys (present in a saved resolved config); recomputed on every load.
 _DERIVED_KEYS = ("model.input_dim", "model.num_classes", "model.max_seq_len",
@@ -157,6 +166,7 @@ _CHOICES = {
     "opt.type": ("AdamW", "SGD"),
     "opt.schedule_type": ("cosine", "multistep"),
     "amp": (None, "bf16", "fp16"),
+    "model.fpn_norm": ("groupnorm", "layernorm", None),
 }
 
 
@@ -283,10 +293,16 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
     errors = []
     model, data, opt = cfg["model"], cfg["dataset"], cfg["opt"]
     arch = model["backbone_arch"]
-    if len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
+    if model["backbone_type"] == "convPooler":   # TemporalMaxer: no stem
+        if len(arch) != 2 or any(not isinstance(a, int) or a < 0 for a in arch):
+            return [f"model.backbone_arch: expected two non-negative integers for convPooler "
+                    f"(embedding convs, pooling levels), got {arch!r}"]
+    elif len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
         return [f"model.backbone_arch: expected three non-negative integers "
                 f"(embedding convs, stem blocks, branch blocks), got {arch!r}"]
-    num_levels = arch[2] + 1
+    num_levels = arch[-1] + 1
+    if "fpn_norm" in model and cfg["model_name"] != "TemporalMaxerArchitecture":
+        errors.append("model.fpn_norm: only TemporalMaxerArchitecture has this key")
     wins = model["n_mha_win_size"]
     if isinstance(wins, list):
         if len(wins) != num_levels:
