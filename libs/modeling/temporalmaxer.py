@@ -144,6 +144,7 @@ class TemporalMaxerArchitecture(LocPointTransformer):
             raise ValueError(f"TemporalMaxerArchitecture needs model.backbone_type 'convPooler' "
                              f"and model.fpn_type 'identity', got {backbone_type!r} and "
                              f"{fpn_type!r}")
+        kwargs["n_mha_win_size"] = -1     # no attention: pad to multiples of the largest stride
         super().__init__(backbone_type=backbone_type, fpn_type=fpn_type, **kwargs)
         embd = kwargs["embd_dim"]
         width = sum(embd) if isinstance(embd, (list, tuple)) else embd
