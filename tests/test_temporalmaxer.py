@@ -166,6 +166,22 @@ def test_thumos_config_state_dict_parameters_and_macs():
     assert math.isclose(macs / 1e9, 23.48, abs_tol=0.005)
 
 
+def test_thumos_config_has_temporalmaxers_values():
+    cfg = load_config(TMX_THUMOS)
+    got = {"backbone": (cfg["model"]["backbone_type"], cfg["model"]["backbone_arch"],
+                        cfg["model"]["fpn_type"], cfg["model"].get("fpn_norm", "groupnorm")),
+           "opt": (cfg["opt"]["learning_rate"], cfg["opt"]["epochs"], cfg["opt"]["weight_decay"],
+                   cfg["opt"]["warmup_epochs"]),
+           "train": (cfg["loader"]["batch_size"], cfg["train_cfg"]["init_loss_norm"],
+                     cfg["train_cfg"]["clip_grad_l2norm"], cfg["dataset"]["crop_ratio"]),
+           "test": (cfg["test_cfg"]["voting_thresh"], cfg["test_cfg"]["pre_nms_topk"],
+                    cfg["test_cfg"]["max_seg_num"], cfg["test_cfg"]["min_score"],
+                    cfg["test_cfg"]["multiclass_nms"], cfg["test_cfg"]["nms_method"])}
+    assert got == {"backbone": ("convPooler", [2, 5], "identity", "groupnorm"),
+                   "opt": (0.0001, 60, 0.05, 5), "train": (2, 100, 1.0, [0.9, 1.0]),
+                   "test": (0.7, 2000, 200, 0.001, True, "soft")}
+
+
 def test_config_schema_checks():
     cfg = load_config(TMX_THUMOS)
     assert cfg["model"]["backbone_arch"] == [2, 5]

@@ -112,6 +112,9 @@ DEFAULTS: Dict[str, Any] = {
 # Keys this project adds on top of the reference. Their defaults reproduce the reference; they
 # are filled in like the defaults, so a resolved config always shows them.
 EXTRA_DEFAULTS: Dict[str, Any] = {
+    "dataset": {
+        "exclude_videos": [],     # video ids left out of training and evaluation, e.g. THUMOS14's
+    },                            # mislabelled video_test_0000270 and video_test_0001292
     "amp": None,                  # None | 'bf16' | 'fp16': autocast around the model's forward
     "ema_decay": 0.999,           # model EMA decay per iteration (the reference's constant)
     "test_cfg": {
