@@ -65,7 +65,9 @@ setup(
     package_data={"libs.utils": ["csrc/*.cpp"]},
     python_requires=">=3.9",
     install_requires=["numpy", "pyyaml", "tensorboard", "pandas", "h5py", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"],
+                    # tools/extract_features.py and predict.py on video files (libs.video)
+                    "video": ["av", "torchvision==0.28.0", "opencv-contrib-python-headless"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -3,7 +3,8 @@
 set -e
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-source scripts/setup_env.sh
+# the video extra too, so that the video tests run rather than skip
+ACTIONFORMER_EXTRAS="${ACTIONFORMER_EXTRAS:-test,video}" source scripts/setup_env.sh
 # Where a C++ compiler exists the extension must have been built, so that the
 # C++-vs-PyTorch NMS tests never skip silently.
 if command -v "${CXX:-c++}" >/dev/null 2>&1; then

@@ -31,7 +31,8 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==2.13.0"
 fi
 python -m pip install -q --upgrade "setuptools>=64" wheel
-python -m pip install -q --no-build-isolation -e "$ROOT[test]"
+# extras: ACTIONFORMER_EXTRAS (default "test"; run_tests.sh adds "video" for the video tests)
+python -m pip install -q --no-build-isolation -e "$ROOT[${ACTIONFORMER_EXTRAS:-test}]"
 python - <<'PY'
 import torch
 from libs.utils.nms import cpp_nms_available

@@ -76,17 +76,27 @@ def test_train_then_eval_learns(tmp_path, capsys):
     out, folder, metrics = _train_and_eval(tmp_path, "e2e", extra=("--eval-freq", "5"))
     files = sorted(os.listdir(folder))
     assert files == ["config.txt", "config.yaml", "epoch_004.pth.tar", "epoch_008.pth.tar", "epoch_010.pth.tar",
-                     "eval_metrics.json", "last.pth.tar", "logs", "model_best.pth.tar"]
-    # validation during training (epochs 5 and 10) logged the mAP that eval.py finds for epoch 10
+                     "eval_metrics.json", "last.pth.tar", "logs", "model_best.pth.tar", "train.log"]
+    # validation during training (epochs 5 and 10) logged the mAP that eval.py finds for epoch 10,
+    # on the training curves' x-axis (global step after the epoch), with the epoch beside it
     val = read_scalars(folder, "validation/mAP")
-    assert [s for s, _ in val] == [4, 9] and val[1][1] == pytest.approx(metrics["average_mAP"], abs=1e-6)
-    assert [s for s, _ in read_scalars(folder, "train/final_loss")] == [e * 12 + i for e in range(10) for i in (0, 5, 10)]
+    assert [s for s, _ in val] == [60, 120] and val[1][1] == pytest.approx(metrics["average_mAP"], abs=1e-6)
+    assert read_scalars(folder, "validation/epoch") == [(60, 5.0), (120, 10.0)]
+    # as the reference: every print_freq iterations, not at iteration 0
+    assert [s for s, _ in read_scalars(folder, "train/final_loss")] == [e * 12 + i for e in range(10) for i in (5, 10)]
     losses = [h["final_loss"] for h in out["history"]]
     assert np.mean(losses[-12:]) < 0.5 * np.mean(losses[:12])
     assert metrics["average_mAP"] > MAP_FLOOR, metrics
     with open(os.path.join(folder, "eval_metrics.json")) as fd:
-        assert json.load(fd) == metrics
-    assert metrics["tiou"] == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7])
+        record = json.load(fd)
+    assert {k: record[k] for k in metrics} == metrics
+    assert record["checkpoint"] == os.path.join(folder, "epoch_010.pth.tar") and record["epoch"] == 10
+    assert record["config"] == os.path.abspath(CONFIG) and record["weights"] == "ema"
+    assert metrics["tiou"] == [0.3, 0.4, 0.5, 0.6, 0.7]          # rounded, not 0.39999999999999997
+    # train.log holds the console lines without progress-bar redraws
+    log = open(os.path.join(folder, "train.log")).read()
+    assert "Training LocPointTransformer" in log and "9 epochs + 1 warm-up; epochs 1..10" in log
+    assert "Epoch 10/10 [10/12] loss" in log and "\r" not in log and "All done!" in log
     printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert printed[-1] == f"Average mAP: {100 * metrics['average_mAP']:.2f} (%)"
 

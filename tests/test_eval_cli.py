@@ -33,7 +33,7 @@ def _touch(folder, *names):
         (folder / name).write_bytes(b"")
 
 
-def test_resolve_checkpoint(tmp_path):
+def test_resolve_checkpoint(tmp_path, capsys):
     _touch(tmp_path, "epoch_005.pth.tar", "epoch_010.pth.tar", "last.pth.tar", "model_best.pth.tar")
     assert resolve_checkpoint(str(tmp_path)) == str(tmp_path / "epoch_010.pth.tar")
     assert resolve_checkpoint(str(tmp_path), epoch=5) == str(tmp_path / "epoch_005.pth.tar")
@@ -43,9 +43,12 @@ def test_resolve_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing: neither a checkpoint file nor a folder"):
         resolve_checkpoint(str(tmp_path / "missing"))
     os.mkdir(tmp_path / "empty")
-    _touch(tmp_path / "empty", "last.pth.tar")
     with pytest.raises(FileNotFoundError, match="no epoch_"):
         resolve_checkpoint(str(tmp_path / "empty"))
+    # an interrupted run: only last.pth.tar; it is used, and a note says so
+    _touch(tmp_path / "empty", "last.pth.tar")
+    assert resolve_checkpoint(str(tmp_path / "empty")) == str(tmp_path / "empty" / "last.pth.tar")
+    assert "has no epoch_*.pth.tar (an interrupted run?); evaluating last.pth.tar" in capsys.readouterr().err
 
 
 def _predict(opts, ckpt, *extra):

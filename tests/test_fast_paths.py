@@ -1,11 +1,16 @@
 """Fast paths (GitHub issue #7) == the reference's plain formulation, in fp32 to 1e-5, outputs and
-gradients: each layer on its own, Transformer blocks, and the whole detector; plus bf16 autocast."""
+gradients: each layer on its own, Transformer blocks, and the whole detector, in eval and in
+training mode with dropout, attention dropout and drop-path > 0 (the same seed must draw the same
+masks: issue #12); a few training iterations of an Ego4D-like model give the same losses; plus
+bf16 autocast."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from libs.modeling.blocks import (ChannelsLastMaxPool1d, FastConv1d, LayerNorm, MaskedMHCA,
-                                  TransformerBlock, reference_formulation)
+from libs.core import load_config
+from libs.modeling import make_meta_arch
+from libs.modeling.blocks import (ChannelsLastMaxPool1d, Dropout, FastConv1d, LayerNorm,
+                                  MaskedMHCA, TransformerBlock, reference_formulation)
 from test_modeling_model import _item, _run, _tiny_model
 
 
@@ -22,10 +27,12 @@ def _layouts(x):
     return [x, x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()]
 
 
-def _fast_and_plain(module, inputs, leaves, weight):
-    """(outputs, gradients of sum(out · weight) w.r.t. leaves) for the fast and the plain path."""
+def _fast_and_plain(module, inputs, leaves, weight, seed=0):
+    """(outputs, gradients of sum(out · weight) w.r.t. leaves) for the fast and the plain path,
+    each run from the same random seed."""
     results = []
     for plain in (False, True):
+        torch.manual_seed(seed)
         with reference_formulation(plain):
             out = module(*inputs)
         out = out[0] if isinstance(out, tuple) else out
@@ -102,9 +109,29 @@ def test_channels_last_max_pool_equals_max_pool1d_including_ties():
         _assert_same(_fast_and_plain(pool, [x], [x], weight), tol=0)
 
 
-def _block_case(seed, **kwargs):
+def test_dropout_draws_the_reference_mask_in_any_memory_layout():
+    """Same seed, same dropped elements (those of ``nn.Dropout`` on the contiguous tensor), and
+    a channels-last input stays channels-last."""
+    x = torch.randn(2, 8, 16) + 5.0
+    layer = Dropout(0.3).train()
+    torch.manual_seed(7)
+    expected = torch.nn.Dropout(0.3)(x)
+    for x_layout in _layouts(x):
+        torch.manual_seed(7)
+        out = layer(x_layout)
+        torch.testing.assert_close(out, expected, atol=0, rtol=0)
+        assert out.stride() == x_layout.stride()
+    assert 0 < int((expected == 0).sum()) < x.numel()
+    torch.manual_seed(7)
+    noise = layer.noise((2, 8, 16), x)
+    torch.testing.assert_close(x * noise, expected, atol=0, rtol=0)
+    assert torch.equal(layer.eval()(x), x)
+
+
+def _block_case(seed, training, **kwargs):
     torch.manual_seed(seed)
-    block = TransformerBlock(16, 4, path_pdrop=0.1, **kwargs).eval()
+    block = TransformerBlock(16, 4, attn_pdrop=0.1, proj_pdrop=0.1, path_pdrop=0.1, **kwargs)
+    block.train(training)
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))              # LN biases etc. non-trivial
@@ -113,21 +140,28 @@ def _block_case(seed, **kwargs):
     return block, x, mask
 
 
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("kwargs", [
-    {"window_size": 5}, {"window_size": 5, "stride": 2}, {"window_size": 7, "use_rel_pe": True},
-    {"window_size": -1}, {"window_size": -1, "stride": 2}])
-def test_transformer_block_fast_equals_plain(kwargs):
-    block, x, mask = _block_case(3, **kwargs)
-    stride = kwargs.get("stride", 1)
+    {"mha_win_size": 5}, {"mha_win_size": 5, "n_ds_strides": (2, 2)},
+    {"mha_win_size": 7, "use_rel_pe": True}, {"mha_win_size": -1},
+    {"mha_win_size": -1, "n_ds_strides": (2, 2)}])
+def test_transformer_block_fast_equals_plain(kwargs, training):
+    """In training mode every dropout (projection, MLP, attention map) and drop-path is active
+    at p = 0.1: the same seed must drop the same elements on both paths."""
+    block, x, mask = _block_case(3, training, **kwargs)
+    stride = kwargs.get("n_ds_strides", (1, 1))[0]
     weight = torch.randn(2, 16, 24 // stride)
     leaves = [x] + list(block.parameters())
     _assert_same(_fast_and_plain(block, [x, mask], leaves, weight))
     extent = (torch.arange(24)[None, :] < torch.tensor([24, 20])[:, None])[:, None, :]
-    _assert_same(_fast_and_plain(block, [x, mask, extent], leaves, weight))
+    _assert_same(_fast_and_plain(block, [x, mask, None, extent], leaves, weight))
+    if training:                                           # the masks do depend on the seed
+        outs = [_fast_and_plain(block, [x, mask], leaves, weight, seed)[0][0] for seed in (0, 1)]
+        assert (outs[0] - outs[1]).abs().max() > 1e-3
 
 
 def test_attention_output_is_channels_last_in_memory():
-    block, x, mask = _block_case(4, window_size=5)
+    block, x, mask = _block_case(4, False, mha_win_size=5)
     out, _ = block.attn(block.ln1(x), mask)
     assert isinstance(block.attn, MaskedMHCA) and out.transpose(1, 2).is_contiguous()
 
@@ -136,8 +170,7 @@ def test_attention_output_is_channels_last_in_memory():
                                      {"backbone_type": "conv", "fpn_type": "fpn"},
                                      {"n_mha_win_size": [5, 5, 5, -1]}])
 def test_detector_training_losses_and_gradients_equal_the_plain_formulation(variant):
-    model = _tiny_model(**variant).train()
-    model.train_cfg["droppath"] = 0.0
+    model = _tiny_model(train_cfg={"dropout": 0.1, "droppath": 0.1}, **variant).train()
     batch = [_item("a", 40, 0), _item("b", 64, 1)]
     results = []
     for plain in (False, True):
@@ -148,6 +181,53 @@ def test_detector_training_losses_and_gradients_equal_the_plain_formulation(vari
         grads = torch.autograd.grad(losses["final_loss"], list(model.parameters()))
         results.append((torch.stack([losses["cls_loss"], losses["reg_loss"]]).detach(), grads))
     _assert_same(results)
+
+
+def _ego4d_like_model():
+    """The Ego4D SlowFast config (dropout 0.1, drop-path 0.1, window 9, absolute PE) at tiny
+    dimensions: 4 levels, width 16, max_seq_len 64. Weights are perturbed like those of a model
+    some way into training: at their initial 1e-4 the drop-path scales would hide the residual
+    branches, and with them the dropout masks, from the losses."""
+    cfg = load_config("configs/ego4d_slowfast.yaml", [
+        "dataset.input_dim=6", "dataset.num_classes=3", "dataset.max_seq_len=64",
+        "model.backbone_arch=[2, 2, 3]", "model.embd_dim=16", "model.fpn_dim=16",
+        "model.head_dim=16", "model.regression_range=[[0, 4], [2, 8], [4, 16], [8, 10000]]"])
+    assert cfg["train_cfg"]["dropout"] == 0.1 and cfg["train_cfg"]["droppath"] == 0.1
+    torch.manual_seed(0)
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model, cfg
+
+
+def test_ego4d_like_training_losses_equal_the_plain_formulation_seed_for_seed():
+    """Three AdamW iterations (gradient clipping as configured) from the same weights and seeds:
+    the fast paths and the reference's formulation give the same losses to 1e-6."""
+    model, cfg = _ego4d_like_model()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [[_item("a", 64, 2 * i), _item("b", 37 + 9 * i, 2 * i + 1)] for i in range(3)]
+    history = []
+    for plain in (False, True):
+        model.load_state_dict(initial)
+        model.loss_normalizer = float(cfg["train_cfg"]["init_loss_norm"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["opt"]["learning_rate"])
+        losses = []
+        for step, batch in enumerate(batches):
+            torch.manual_seed(100 + step)
+            with reference_formulation(plain):
+                out = model.train()(batch)
+            optimizer.zero_grad()
+            out["final_loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["train_cfg"]["clip_grad_l2norm"])
+            optimizer.step()
+            losses.append([out[k].item() for k in ("cls_loss", "reg_loss", "final_loss")])
+        history.append(torch.tensor(losses, dtype=torch.float64))
+    torch.testing.assert_close(history[0], history[1], atol=1e-6, rtol=0)
+    # dropout did act: other seeds give other losses
+    model.load_state_dict(initial)
+    torch.manual_seed(1)
+    assert abs(model.train()(batches[0])["final_loss"].item() - history[0][0, 2].item()) > 1e-4
 
 
 def test_detector_inference_equals_the_plain_formulation():

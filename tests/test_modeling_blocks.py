@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from libs.modeling.blocks import (AffineDropPath, LayerNorm, MaskedConv1D, TransformerBlock,
+from libs.modeling.blocks import (AffineDropPath, LayerNorm, LocalMaskedMHCA, MaskedConv1D,
+                                  TransformerBlock,
                                   drop_path, global_attention, local_attention,
-                                  local_attention_chunked, local_attention_dense,
-                                  sinusoid_position_table)
+                                  local_attention_dense, sinusoid_position_table)
+from libs.modeling.weight_init import trunc_normal_
 
 
 def _prefix_mask(lengths, T):
@@ -75,33 +76,6 @@ def test_fast_local_attention_equals_dense_band_attention(T, window, heads):
         torch.testing.assert_close(g_fast, g_dense, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("T, window", [(4, 5), (6, 3), (16, 9), (36, 19), (38, 19), (12, 4),
-                                       (16, 8)])
-@pytest.mark.parametrize("heads", [1, 4])
-def test_reference_chunked_attention_equals_dense_band_attention(T, window, heads):
-    """The benchmark baseline (Longformer-style chunks) computes the same band; lengths must be
-    multiples of 2·(w // 2)."""
-    g = torch.Generator().manual_seed(T + window + heads)
-    q, k, v = (torch.randn(3, heads, 4, T, generator=g, requires_grad=True) for _ in range(3))
-    rel_pe = None                                   # relative PE needs an odd window (spec C.6)
-    if window % 2 == 1:
-        rel_pe = torch.randn(1, 1, heads, window, generator=g, requires_grad=True)
-    mask = _prefix_mask([T, T // 2, T], T)
-    mask[2, 0, 1::3] = False
-    if T % (2 * (window // 2)) != 0:
-        with pytest.raises(ValueError, match="divisible by 18"):
-            local_attention_chunked(q, k, v, mask, window, rel_pe)
-        return
-    weight = torch.randn(3, heads, 4, T, generator=g)
-    outs = [fn(q, k, v, mask, window, rel_pe) for fn in (local_attention_dense,
-                                                         local_attention_chunked)]
-    leaves = [q, k, v] + ([rel_pe] if rel_pe is not None else [])
-    grads = [torch.autograd.grad((out * weight).sum(), leaves) for out in outs]
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    for g_chunked, g_dense in zip(grads[1], grads[0]):
-        torch.testing.assert_close(g_chunked, g_dense, atol=1e-5, rtol=1e-5)
-
-
 def test_local_attention_never_builds_a_quadratic_matrix():
     """Peak autograd-saved memory grows linearly in T (a T×T float matrix at T = 8192 would be
     256 MiB)."""
@@ -130,7 +104,7 @@ def test_global_attention_ignores_padded_keys():
 
 
 def test_masked_conv_reads_unmasked_padding_and_zeroes_its_output():
-    conv = MaskedConv1D(1, 1, 3, bias=False)
+    conv = MaskedConv1D(1, 1, 3, padding=1, bias=False)
     with torch.no_grad():
         conv.conv.weight.fill_(1.0)
     x = torch.tensor([[[1.0, 2.0, 3.0, 10.0, 20.0, 30.0]]])    # steps 3.. are padding
@@ -148,7 +122,7 @@ def test_masked_conv_reads_unmasked_padding_and_zeroes_its_output():
 
 
 def test_strided_masked_conv_downsamples_mask_by_nearest_neighbour():
-    conv = MaskedConv1D(1, 1, 3, stride=2, bias=False)
+    conv = MaskedConv1D(1, 1, 3, stride=2, padding=1, bias=False)
     mask = _prefix_mask([5], 8)
     _, out_mask = conv(torch.randn(1, 1, 8), mask)
     assert out_mask.flatten().tolist() == [True, True, True, False]   # mask[0], [2], [4], [6]
@@ -181,7 +155,7 @@ def test_sinusoid_table_known_values():
 def test_strided_block_pools_over_zero_padding():
     """With the residual branches scaled to zero, a stride-2 block outputs the max-pool of its
     input; at the end of the video the pool sees zeros (padding), at the start −inf (border)."""
-    block = TransformerBlock(4, 2, stride=2, window_size=3, path_pdrop=0.1).eval()
+    block = TransformerBlock(4, 2, (2, 2), path_pdrop=0.1, mha_win_size=3).eval()
     with torch.no_grad():
         block.drop_path_attn.scale.zero_()
         block.drop_path_mlp.scale.zero_()
@@ -204,3 +178,39 @@ def test_drop_path_keeps_or_drops_whole_samples():
     assert all(len(row.unique()) == 1 for row in per_sample)
     layer = AffineDropPath(3, drop_prob=0.1).eval()
     torch.testing.assert_close(layer(x), x * 1e-4)
+
+
+def test_trunc_normal_is_the_inverse_cdf_of_one_uniform_draw_per_element():
+    """u ~ U[2Φ(a/σ) - 1, 2Φ(b/σ) - 1] from the seed, value = σ·√2·erfinv(u): re-derived here
+    from the same uniform draws with the float64 error function (erf(value / (σ√2)) = u)."""
+    std, a, b = 0.5, -2.0, 2.0
+    torch.manual_seed(11)
+    values = trunc_normal_(torch.empty(2000), std=std)
+    torch.manual_seed(11)
+    low, high = (0.5 * (1 + math.erf(t / std / math.sqrt(2))) for t in (a, b))
+    uniform = torch.empty(2000).uniform_(2 * low - 1, 2 * high - 1)
+    recovered = torch.tensor([math.erf(v / (std * math.sqrt(2))) for v in values.tolist()],
+                             dtype=torch.float64)
+    torch.testing.assert_close(recovered, uniform.double(), atol=2e-6, rtol=0)
+    assert values.min() >= a and values.max() <= b
+    assert abs(values.std().item() - std) < 0.02             # cut at ±4σ: almost N(0, σ²)
+
+
+def test_relative_position_table_draws_after_all_other_weights():
+    """``use_rel_pe``: the reference fills ``rel_pe`` (1×1×H×w) last, with its truncated normal
+    of std sqrt(2/E): the same module without it, built from the same seed, leaves the random
+    stream exactly where the table's uniform draws start."""
+    E, H, w = 16, 4, 5
+    torch.manual_seed(5)
+    attn = LocalMaskedMHCA(E, H, w, use_rel_pe=True)
+    torch.manual_seed(5)
+    plain = LocalMaskedMHCA(E, H, w)
+    weights = dict(attn.named_parameters())
+    assert weights.pop("rel_pe") is attn.rel_pe
+    assert list(weights) == [n for n, _ in plain.named_parameters()]
+    assert all(torch.equal(weights[n], p) for n, p in plain.named_parameters())
+    std = math.sqrt(2.0 / E)
+    low, high = (0.5 * (1 + math.erf(t / std / math.sqrt(2))) for t in (-2.0, 2.0))
+    uniform = torch.empty(1, 1, H, w).uniform_(2 * low - 1, 2 * high - 1)
+    expected = (torch.erfinv(uniform) * (std * math.sqrt(2))).clamp(-2.0, 2.0)
+    assert torch.equal(attn.rel_pe.detach(), expected)

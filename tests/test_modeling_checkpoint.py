@@ -9,7 +9,7 @@ from libs.modeling.blocks import LayerNorm, MaskedConv1D
 class _Net(torch.nn.Module):
     def __init__(self, width=4):
         super().__init__()
-        self.conv = MaskedConv1D(2, width, 3)
+        self.conv = MaskedConv1D(2, width, 3, padding=1)
         self.norm = LayerNorm(width)
 
     def forward(self, x, mask):

@@ -111,6 +111,16 @@ def test_multi_source_projection_splits_the_input_channels():
     assert (third["cls"][0] - first["cls"][0]).abs().max() > 1e-2
 
 
+def test_zero_prior_probability_leaves_the_classifier_bias_at_zero():
+    """``cls_prior_prob: 0`` skips the prior (the reference's rule; -log(1/0) would divide by
+    zero); the empty-class bias still applies, and the model trains."""
+    model = _tiny_model(train_cfg={"cls_prior_prob": 0, "head_empty_cls": [2]}, perturb=False)
+    bias = model.cls_head.cls_head.conv.bias
+    torch.testing.assert_close(bias, torch.tensor([0.0, 0.0, -13.81550956]))
+    losses = model.train()([_item("a", 40, 0)])
+    assert torch.isfinite(losses["final_loss"])
+
+
 def test_empty_classes_get_a_very_negative_bias():
     model = _tiny_model(train_cfg={"head_empty_cls": [1]}, perturb=False)
     bias = model.cls_head.cls_head.conv.bias

@@ -195,7 +195,7 @@ def test_load_checkpoint_errors_name_file_and_key(tmp_path):
     with pytest.raises(KeyError, match="a.pth.tar.*state_dict_ema"):
         load_checkpoint(str(tmp_path / "a.pth.tar"), required=("state_dict_ema",))
     (tmp_path / "junk.pth.tar").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="junk.pth.tar: cannot read"):
+    with pytest.raises(ValueError, match="junk.pth.tar: cannot read"):
         load_checkpoint(str(tmp_path / "junk.pth.tar"))
 
 
@@ -236,9 +236,9 @@ def test_train_one_epoch_learns_and_logs():
         assert h["final_loss"] == pytest.approx(h["cls_loss"] + h["reg_loss"], rel=1e-6)
     assert np.mean([h["final_loss"] for h in history[-4:]]) < 0.2 * np.mean([h["final_loss"] for h in history[:4]])
     steps = [s for tag, _, s in writer.scalars if tag == "train/final_loss"]
-    assert steps == [e * 4 + i for e in range(6) for i in (0, 2)]
+    assert steps == [e * 4 + 2 for e in range(6)]        # every print_freq iterations, not at iteration 0
     lrs = [v for tag, v, _ in writer.scalars if tag == "train/learning_rate"]
-    assert lrs[0] == pytest.approx(0.2 / 3)  # lr after the first step: eta * 1 / (W - 1), W = 4
+    assert lrs[0] == pytest.approx(0.2 * 3 / 3)  # lr after the third step: eta * 3 / (W - 1), W = 4
     # the EMA trails the model: it moved away from the initial weights but is not the model
     assert not torch.equal(ema.module.conv.weight, model.conv.weight)
 
@@ -295,6 +295,9 @@ def test_inference_and_valid_one_epoch(tmp_path):
     writer, evaluator = FakeWriter(), FakeEvaluator()
     assert valid_one_epoch(_loader(items, 3), model, 4, evaluator=evaluator, tb_writer=writer) == 0.375
     assert evaluator.seen["video-id"] == res["video-id"]
-    assert writer.scalars == [("validation/mAP", 0.375, 4)]
+    assert writer.scalars == [("validation/mAP", 0.375, 4), ("validation/epoch", 5, 4)]
+    writer = FakeWriter()
+    valid_one_epoch(_loader(items, 3), model, 4, evaluator=evaluator, tb_writer=writer, global_step=50)
+    assert writer.scalars == [("validation/mAP", 0.375, 50), ("validation/epoch", 5, 50)]
     with pytest.raises(ValueError):
         valid_one_epoch(_loader(items, 1), model, 0)

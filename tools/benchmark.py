@@ -49,7 +49,12 @@ CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs
 TRAIN_LENGTH = 2304
 MEMORY_LENGTHS = (2304, 9216, 36864)
 IMPLS = ("reference", "ours")
-PRECISIONS = ("fp32", "bf16")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precisions(device: str) -> List[str]:
+    """fp32 and bf16 everywhere; fp16 too on CUDA (CPUs have no fast fp16 kernels)."""
+    return ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
 
 
 def build_model(device: str, seed: int = 0) -> torch.nn.Module:
@@ -70,9 +75,10 @@ def make_item(length: int, seed: int) -> Dict:
 @contextlib.contextmanager
 def mode(impl: str, precision: str, device: str) -> Iterator[None]:
     """The implementation (``reference`` / ``ours``) and the autocast of the forward."""
+    dtype = AUTOCAST_DTYPES[precision]
     with (reference_formulation() if impl == "reference" else contextlib.nullcontext()), \
-            torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
-                           enabled=precision == "bf16"):
+            torch.autocast(device.split(":")[0], dtype=dtype or torch.float32,
+                           enabled=dtype is not None):
         yield
 
 
@@ -91,12 +97,17 @@ def _timed(fn: Callable[[], None], device: str) -> float:
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: List[Dict],
                   impl: str, precision: str, device: str) -> Callable[[], None]:
+    """One iteration as train.py runs it (fp16: with a loss scaler, so that overflowing steps are
+    skipped instead of spoiling the weights the other configurations share)."""
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with mode(impl, precision, device):
             loss = model(batch)["final_loss"]
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return step
 
 
@@ -121,11 +132,12 @@ def round_robin(steps: Dict[str, Callable[[], None]], repeats: int, device: str
 
 
 def matmul_rate(dtype: torch.dtype, device: str, repeats: int = 5) -> float:
-    """FLOP/s of a 2048 × 2048 × 2048 matmul (best of ``repeats``)."""
-    a = torch.randn(2048, 2048, device=device).to(dtype)
-    b = torch.randn(2048, 2048, device=device).to(dtype)
+    """FLOP/s of an n × n × n matmul (best of ``repeats``; n = 2048 on CPU, 8192 on CUDA)."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     best = min(_timed(lambda: a @ b, device) for _ in range(repeats + 1))
-    return 2 * 2048 ** 3 / best
+    return 2 * n ** 3 / best
 
 
 def forward_flops_per_video(length: int) -> float:
@@ -168,13 +180,15 @@ def _hold_padded_input(model: torch.nn.Module) -> None:
 
 def memory_probe(length: int, impl: str, device: str) -> Dict[str, float]:
     """Peak memory of one fp32 inference forward of ``length`` steps above what model, input
-    and a warm-up forward already hold (MiB)."""
+    and two warm-up forwards (one at this length, so that the timing excludes first-call kernel
+    selection) already hold (MiB), and its time (s)."""
     model = build_model(device).eval()
     item = make_item(length, 3)
     if impl == "reference":
         _hold_padded_input(model)
     with torch.no_grad(), mode(impl, "fp32", device):
         model([make_item(TRAIN_LENGTH, 4)])                 # warm-up (allocator, kernels)
+        model([item])                                       # warm-up at this length's shapes
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() / 2 ** 20
@@ -200,10 +214,7 @@ def run_probe(length: int, impl: str, device: str, threads: Optional[int]) -> Di
 
 # ------------------------------------------------------------------------------------------
 def _row(label: str, values: Dict[str, str]) -> str:
-    return f"| {label} | " + " | ".join(values[k] for k in _COLUMNS) + " |"
-
-
-_COLUMNS = [f"{impl} {prec}" for impl in IMPLS for prec in PRECISIONS]
+    return f"| {label} | " + " | ".join(values.values()) + " |"
 
 
 def _fmt_times(times: List[float]) -> str:
@@ -238,7 +249,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device} ({name}), "
           f"{torch.get_num_threads()} threads; times in s as min / median of {repeats} rounds")
 
-    configs = [(impl, prec) for impl in IMPLS for prec in PRECISIONS]
+    configs = [(impl, prec) for impl in IMPLS for prec in precisions(device)]
+    columns = [f"{impl} {prec}" for impl, prec in configs]
     model = build_model(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     model.train()
@@ -253,9 +265,11 @@ def main() -> None:
 
     base_train, base_infer = train["reference fp32"], infer["reference fp32"]
     flops = 3 * forward_flops_per_video(TRAIN_LENGTH) * len(batch)
-    peak = {"fp32": matmul_rate(torch.float32, device), "bf16": matmul_rate(torch.bfloat16, device)}
+    peak = {prec: matmul_rate(AUTOCAST_DTYPES[prec] or torch.float32, device)
+            for prec in precisions(device)}
+    matmul_size = 8192 if device.startswith("cuda") else 2048
 
-    print(f"\n| | {' | '.join(_COLUMNS)} |\n|---|" + "---|" * len(_COLUMNS))
+    print(f"\n| | {' | '.join(columns)} |\n|---|" + "---|" * len(columns))
     print(_row("training iteration, s (2 × 2048 × 2304)", {k: _fmt_times(v) for k, v in train.items()}))
     print(_row("speed-up vs reference fp32 (paired median)",
                {k: f"{_paired_speedup(base_train, v):.2f}x" for k, v in train.items()}))
@@ -265,8 +279,8 @@ def main() -> None:
                {k: f"{_paired_speedup(base_infer, v):.2f}x" for k, v in infer.items()}))
     print(_row("training GFLOP/s (model FLOPs / min time)",
                {k: f"{flops / min(v) / 1e9:.0f}" for k, v in train.items()}))
-    print(_row("2048² matmul GFLOP/s (ceiling)",
-               {k: f"{peak[k.split()[1]] / 1e9:.0f}" for k in _COLUMNS}))
+    print(_row(f"{matmul_size}² matmul GFLOP/s (ceiling)",
+               {k: f"{peak[k.split()[1]] / 1e9:.0f}" for k in columns}))
     print(f"\nmodel FLOPs per training iteration: {flops / 1e9:.0f} G "
           f"(3 × forward, batch {len(batch)})")
 

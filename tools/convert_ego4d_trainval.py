@@ -33,6 +33,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from libs.utils.io import write_json  # noqa: E402
 from tqdm import tqdm
 
 CLIP_SIZE = 32    # frames per feature window
@@ -192,10 +195,7 @@ def convert(train_annot: str, val_annot: str, slowfast_dir: str, omnivore_dir: s
                 database[cid] = plan["entry"]
 
     os.makedirs(os.path.dirname(annot_out) or ".", exist_ok=True)
-    tmp = annot_out + ".tmp"
-    with open(tmp, "w") as fid:
-        json.dump({"version": "v1", "database": database}, fid)
-    os.replace(tmp, annot_out)
+    write_json({"version": "v1", "database": database}, annot_out)
     return {"clips": len(database), "feature_files": feature_files, "skipped": skipped}
 
 

@@ -20,7 +20,6 @@ name unless --dataset is given), else 0.3:0.1:0.7.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from libs.utils.metrics import (DATASET_TIOU_THRESHOLDS, ANETdetection,  # noqa: E402
                                 default_tiou_thresholds, guess_dataset_name, metrics_to_dict)
 from libs.utils.prediction_io import load_predictions  # noqa: E402
+from libs.utils.io import write_json  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
           f"segments, {len(detector.activity_index)} classes)")
     print(format_table(tiou, mAP, average_mAP, recall, args.topk))
     if args.json:
-        with open(args.json, "w", encoding="utf8") as f:
-            json.dump(metrics_to_dict(tiou, mAP, average_mAP, recall, args.topk), f, indent=2)
+        write_json(metrics_to_dict(tiou, mAP, average_mAP, recall, args.topk), args.json, indent=2)
     return 0
 
 

@@ -20,11 +20,14 @@ drawn from one ``numpy`` generator seeded by ``--seed``: the same arguments give
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 from typing import Dict, List, Tuple
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from libs.utils.io import write_json  # noqa: E402
 
 FPS = 30.0
 FEAT_STRIDE = 4      # frames between features
@@ -110,8 +113,7 @@ def make_demo_data(out_dir: str, num_train: int = 200, num_test: int = 60, num_c
         if len(seen) != num_classes:
             raise ValueError(f"subset {subset} has only classes {sorted(seen)}; use more videos")
     json_path = os.path.join(out_dir, "annotations", "demo.json")
-    with open(json_path, "w") as fd:
-        json.dump({"version": "demo-1", "database": database}, fd)
+    write_json({"version": "demo-1", "database": database}, json_path)
     return json_path
 
 

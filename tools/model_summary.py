@@ -17,7 +17,6 @@ FLOPs = 2 x MACs. ``T`` is the padded length the model computes on (spec C.11; d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from libs.core import ConfigError, load_config  # noqa: E402
 from libs.modeling import MaskedMHCA, make_meta_arch  # noqa: E402
 from libs.modeling.blocks import inference_chunk_steps  # noqa: E402
 from libs.engine.windowed_inference import level_outputs  # noqa: E402
+from libs.utils.io import write_json  # noqa: E402
 
 __all__ = ["block_name", "model_summary", "format_summary"]
 
@@ -133,8 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{args.config}: input {cfg['dataset']['input_dim']} x {length}")
     print(format_summary(rows, length, model.padded_length(length)))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": args.config, "length": length, "blocks": rows}, f, indent=2)
+        write_json({"config": args.config, "length": length, "blocks": rows}, args.json, indent=2)
     return 0
 
 

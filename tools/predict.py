@@ -26,8 +26,15 @@ Videos longer than ``--window`` grid steps (default 4 x max_seq_len) are process
 overlapping by ``--overlap`` steps (default max_seq_len / 2), read from disk window by window:
 peak memory does not grow with the video length. Shorter videos give exactly eval.py's output.
 
-A bad feature file (unreadable, empty, wrong dimension, NaN/Inf) is reported in one line; the
-other files are still processed and the exit status is 1.
+Video files (``.mp4``, ``.avi``, ``.mkv``, ...; also inside folders) are turned into features
+first, with the extractor recorded in the config's ``features:`` block (else in the checkpoint
+folder's ``config.yaml``): backbone, clip length and stride, weights (see
+``tools/extract_features.py``; needs ``pip install -e .[video]``). Their fps and duration come from
+the video itself. Features are streamed to a temporary ``.npy`` and read back window by window,
+so memory stays flat in the video length.
+
+A bad feature file (unreadable, empty, wrong dimension, NaN/Inf) or video is reported in one line;
+the other files are still processed and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -44,12 +51,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.core import ConfigError, load_config  # noqa: E402
+from libs.core import load_config  # noqa: E402
+from libs.core.cli import run_main  # noqa: E402
 from libs.engine import resolve_checkpoint, resolve_device  # noqa: E402
-from libs.modeling import load_model_weights, make_meta_arch  # noqa: E402
-from libs.datasets.feature_io import FeatureError, find_feature_files, open_features  # noqa: E402
+from libs.engine.checkpoints import load_weights  # noqa: E402
+from libs.modeling import make_meta_arch  # noqa: E402
+from libs.datasets.feature_io import FeatureError, VideoFeatures, find_feature_files, open_features  # noqa: E402
 from libs.utils.prediction_io import read_class_names  # noqa: E402
-from libs.utils.train_utils import load_checkpoint  # noqa: E402
+from libs.utils.io import atomic_open, write_json  # noqa: E402
+from libs.video.files import split_video_inputs  # noqa: E402
 from libs.engine.windowed_inference import (default_window, normalise_window,  # noqa: E402
                                            windowed_inference)
 
@@ -61,24 +71,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("config", help="config file (YAML) the checkpoint was trained with")
     parser.add_argument("ckpt", help="checkpoint file or experiment folder (as eval.py)")
     parser.add_argument("features", nargs="+", help="feature files or folders")
-    parser.add_argument("--fps", type=float, default=None, help="frames per second of every video")
-    parser.add_argument("--feat-stride", type=float, default=None, help="frames between features")
-    parser.add_argument("--num-frames", type=float, default=None, help="frames per feature window")
-    parser.add_argument("--out", default="detections.json", help="results JSON (default %(default)s)")
-    parser.add_argument("--csv", default=None, help="also write the detections as CSV")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frames per second of every video (default: dataset.default_fps, else --labels)")
+    parser.add_argument("--feat-stride", type=float, default=None,
+                        help="frames between features (default: dataset.feat_stride)")
+    parser.add_argument("--num-frames", type=float, default=None,
+                        help="frames per feature window (default: dataset.num_frames)")
+    parser.add_argument("--out", default="detections.json",
+                        help="results JSON (default %(default)s; written atomically, and not at all "
+                             "when no video succeeded)")
+    parser.add_argument("--csv", default=None, help="also write the detections as CSV (default: no CSV)")
     parser.add_argument("--labels", default=None,
-                        help="class names: label map text file or annotation JSON")
+                        help="class names: label map text file or annotation JSON "
+                             "(default: the config's dataset.json_file when it exists)")
     parser.add_argument("--topk", type=int, default=100, help="detections per video (default 100)")
     parser.add_argument("--min-score", type=float, default=0.05,
                         help="drop detections scoring below this (default 0.05)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default cpu)")
     parser.add_argument("--batch-size", type=int, default=1,
-                        help="videos per forward pass among those that fit one window")
+                        help="videos per forward pass among those that fit one window (default 1)")
     parser.add_argument("--window", type=int, default=None,
-                        help="longest video processed whole, and the window length, in grid steps")
-    parser.add_argument("--overlap", type=int, default=None, help="window overlap in grid steps")
+                        help="longest video processed whole, and the window length, in grid steps "
+                             "(default 4 x max_seq_len)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="window overlap in grid steps (default max_seq_len / 2)")
     parser.add_argument("--curves", default=None, metavar="DIR",
-                        help="write per-step class scores to DIR/<video>.npz")
+                        help="write per-step class scores to DIR/<video>.npz (default: none)")
+    parser.add_argument("--weights", default="ema", choices=["ema", "live"],
+                        help="EMA weights (default, as eval.py) or the live training weights")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides")
     return parser.parse_args(argv)
@@ -121,12 +142,11 @@ def _number(entry: Mapping[str, Any], key: str) -> Optional[float]:
     return None
 
 
-def build_model(cfg: Dict[str, Any], ckpt_path: str, device: torch.device) -> torch.nn.Module:
-    """The config's model with the checkpoint's EMA weights, in eval mode."""
+def build_model(cfg: Dict[str, Any], ckpt_path: str, device: torch.device,
+                weights: str = "ema") -> torch.nn.Module:
+    """The config's model with the checkpoint's EMA (``weights='ema'``) or live weights, in eval mode."""
     model = make_meta_arch(cfg["model_name"], **cfg["model"]).to(device)
-    ckpt_file = resolve_checkpoint(ckpt_path)
-    load_model_weights(model, load_checkpoint(ckpt_file, required=("state_dict_ema",)),
-                       key="state_dict_ema")
+    load_weights(model, resolve_checkpoint(ckpt_path), weights)
     return model.eval()
 
 
@@ -143,12 +163,14 @@ class Predictor:
             raise ValueError(f"--overlap: expected 0 <= overlap < window ({self.window} steps), "
                              f"got {self.overlap}")
         self.results: Dict[str, Dict[str, Any]] = {}
+        self.video_records: Dict[str, Mapping[str, Any]] = {}   # fps, duration of video files
         self.failures: List[str] = []
         self._pending: List[Tuple[Dict[str, Any], int]] = []
 
     def video_meta(self, file, feats) -> Dict[str, Any]:
-        entry = self.info.entry(file.video_id)
-        fps = self.args.fps or self.cfg["dataset"].get("default_fps") or _number(entry, "fps")
+        entry = dict(self.info.entry(file.video_id), **self.video_records.get(file.video_id, {}))
+        fps = _number(self.video_records.get(file.video_id, {}), "fps") or self.args.fps \
+            or self.cfg["dataset"].get("default_fps") or _number(entry, "fps")
         if fps is None:
             raise FeatureError(f"{file.where}: video '{file.video_id}': field 'fps' unknown: pass "
                                f"--fps, set dataset.default_fps, or list the video in --labels")
@@ -156,11 +178,14 @@ class Predictor:
         return {"video_id": file.video_id, "fps": fps, "duration": duration,
                 "feat_stride": feats.feat_stride, "feat_num_frames": feats.num_frames}
 
+    def open(self, file) -> VideoFeatures:
+        """The features of one input (a feature file or an HDF5 entry) on the model's grid."""
+        return open_features(file, self.cfg["dataset"], self.args.feat_stride, self.args.num_frames)
+
     def run(self, file) -> None:
         """Predict one file (a whole-video batch is flushed when full)."""
         try:
-            feats = open_features(file, self.cfg["dataset"], self.args.feat_stride,
-                                  self.args.num_frames)
+            feats = self.open(file)
             with feats:
                 meta = self.video_meta(file, feats)
                 num_steps = feats.shape[1]
@@ -201,8 +226,8 @@ class Predictor:
         if self.args.curves:
             times = (np.arange(num_steps) * meta["feat_stride"] + 0.5 * meta["feat_num_frames"]) \
                 / meta["fps"]
-            np.savez(os.path.join(self.args.curves, f"{vid}.npz"), times=times,
-                     scores=out["step_scores"].numpy())
+            with atomic_open(os.path.join(self.args.curves, f"{vid}.npz"), "wb") as f:
+                np.savez(f, times=times, scores=out["step_scores"].numpy())
         windows = f", {out['num_windows']} windows" if out["num_windows"] > 1 else ""
         best = ""
         if len(det["scores"]):
@@ -228,13 +253,78 @@ def results_json(results: Mapping[str, Mapping[str, np.ndarray]], info: VideoInf
 
 
 def write_csv(path: str, results: Mapping[str, Mapping[str, np.ndarray]], info: VideoInfo) -> None:
-    with open(path, "w", newline="", encoding="utf8") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["video", "start_s", "end_s", "label", "score"])
         for vid, det in results.items():
             for (start, end), label, score in zip(det["segments"], det["labels"], det["scores"]):
                 writer.writerow([vid, f"{start:.3f}", f"{end:.3f}", info.name(label),
                                  f"{score:.4f}"])
+
+
+def write_outputs(args: argparse.Namespace, results, info: VideoInfo, num_classes: int) -> None:
+    """``--out`` (and ``--csv``), atomically; nothing at all when no video succeeded, so that an
+    earlier output is never replaced by an empty one."""
+    if not results:
+        print(f"no video succeeded: {args.out} not written", file=sys.stderr, flush=True)
+        return
+    write_json(results_json(results, info, num_classes), args.out)
+    if args.csv:
+        write_csv(args.csv, results, info)
+
+
+# ---- video files: extract features with the recorded extractor, then predict as for files ----
+def video_extractor(args: argparse.Namespace, cfg: Dict[str, Any], device: torch.device):
+    """(options, extractor) from the config's ``features:`` block or the checkpoint folder's
+    ``config.yaml``; the sampling must match the model's feature grid."""
+    from libs.video import missing_video_extra
+
+    missing = missing_video_extra()
+    if missing:
+        raise RuntimeError(f"video files given: {missing}")
+    from libs.video.backbones import build_extractor
+    from libs.video.options import ExtractorOptions
+
+    block, where = cfg["features"], args.config
+    folder = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(args.ckpt)
+    saved = os.path.join(folder, "config.yaml")
+    if block.get("backbone") is None and os.path.isfile(saved):
+        block, where = load_config(saved)["features"], saved
+    if block.get("backbone") is None:
+        raise ValueError(f"{args.config}: features.backbone: not set, so video files cannot be "
+                         f"turned into features; add a features: block (see docs/own_videos.md)")
+    opts = ExtractorOptions.from_mapping(block, where)
+    stride = args.feat_stride or cfg["dataset"]["feat_stride"]
+    clip = args.num_frames or cfg["dataset"]["num_frames"]
+    if (opts.stride, opts.clip_len) != (stride, clip):
+        raise ValueError(f"{where}: features.stride / clip_len = {opts.stride} / {opts.clip_len} "
+                         f"but the model's feat_stride / num_frames = {stride:g} / {clip:g}")
+    torch.manual_seed(0)            # weights 'none': the same random weights as the extractor tool
+    return opts, build_extractor(opts, device)
+
+
+def predict_videos(predictor: "Predictor", videos: List[Tuple[str, str]], extractor,
+                   device: torch.device, batch_size: int = 8) -> None:
+    """Extract each video to a temporary ``.npy`` (streamed), predict on it, delete it."""
+    import tempfile
+
+    from libs.datasets.feature_io import FeatureFile
+    from libs.video.extract import extract_file, open_video_batches
+
+    opts, model = extractor
+    with tempfile.TemporaryDirectory(prefix="predict_features_") as tmp:
+        for vid, path in videos:
+            npy = os.path.join(tmp, f"{vid}.npy")
+            try:
+                reader, batches = open_video_batches(path, model, opts, batch_size)
+                predictor.video_records[vid] = extract_file(reader, batches(), model, opts, npy,
+                                                            device)
+            except (ValueError, OSError, RuntimeError) as exc:
+                predictor.fail(str(exc).splitlines()[0])
+                continue
+            predictor.run(FeatureFile(vid, npy))
+            predictor.flush()           # the batch may hold this file's features
+            os.remove(npy)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -247,8 +337,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if label_file is None and os.path.isfile(str(cfg["dataset"].get("json_file"))):
         label_file = cfg["dataset"]["json_file"]
     info = VideoInfo(label_file, cfg["dataset"]["num_classes"])
-    files, problems = find_feature_files(args.features)
-    model = build_model(cfg, args.ckpt, resolve_device(args.device))
+    videos, feature_paths, video_problems = split_video_inputs(args.features)
+    files, problems = find_feature_files(feature_paths) if feature_paths else ([], [])
+    problems = video_problems + problems
+    device = resolve_device(args.device)
+    extractor = video_extractor(args, cfg, device) if videos else None
+    model = build_model(cfg, args.ckpt, device, args.weights)
     if args.curves:
         os.makedirs(args.curves, exist_ok=True)
 
@@ -258,30 +352,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.time()
     for file in files:
         predictor.run(file)
+    if videos:
+        predict_videos(predictor, videos, extractor, device)
     predictor.flush()
 
-    order = [f.video_id for f in files if f.video_id in predictor.results]
+    order = [f.video_id for f in files] + [vid for vid, _ in videos]
+    order = [vid for vid in order if vid in predictor.results]
     results = {vid: predictor.results[vid] for vid in order}
-    with open(args.out, "w", encoding="utf8") as f:
-        json.dump(results_json(results, info, cfg["dataset"]["num_classes"]), f)
-    if args.csv:
-        write_csv(args.csv, results, info)
+    write_outputs(args, results, info, cfg["dataset"]["num_classes"])
     total = sum(len(det["scores"]) for det in results.values())
-    print(f"{len(results)} videos, {total} detections in {time.time() - start:.1f} s -> {args.out}"
-          + (f", {args.csv}" if args.csv else ""))
+    if results:
+        print(f"{len(results)} videos, {total} detections in {time.time() - start:.1f} s -> {args.out}"
+              + (f", {args.csv}" if args.csv else ""))
     if predictor.failures:
-        print(f"{len(predictor.failures)} feature files failed (see the error lines above)",
+        print(f"{len(predictor.failures)} inputs failed (see the error lines above)",
               file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        if os.environ.get("ACTIONFORMER_DEBUG") == "1":
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"predict.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, "predict.py")

@@ -17,14 +17,19 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from libs.utils.io import write_json  # noqa: E402
+
 METRICS_FILE = "eval_metrics.json"
 
 
 def find_metrics_file(path: str) -> str:
-    """The metrics file for ``path``: the file itself, or the newest ``eval_metrics.json`` below it."""
+    """The metrics file for ``path``: the file itself, or the newest ``eval_metrics*.json`` below it
+    (eval.py writes ``eval_metrics.json`` for a folder's default checkpoint and
+    ``eval_metrics_<checkpoint>.json`` for another one)."""
     if os.path.isfile(path):
         return path
-    found = glob.glob(os.path.join(path, "**", METRICS_FILE), recursive=True)
+    found = glob.glob(os.path.join(path, "**", "eval_metrics*.json"), recursive=True)
     if not found:
         raise FileNotFoundError(f"{path}: no {METRICS_FILE} found (run eval.py on this experiment first)")
     return max(found, key=os.path.getmtime)
@@ -93,8 +98,7 @@ def main(argv: Sequence[str] = None) -> int:
         return 2
     print(format_summary(summary, args.runs))
     if args.json:
-        with open(args.json, "w") as fd:
-            json.dump(summary, fd, indent=2)
+        write_json(summary, args.json, indent=2)
     return 0
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.utils.metrics import load_gt_seg_from_json  # noqa: E402
 from libs.utils.prediction_io import read_class_names, read_predictions  # noqa: E402
+from libs.utils.io import atomic_open  # noqa: E402
 
 __all__ = ["class_colour", "pack_lanes", "plot_video", "main"]
 
@@ -196,7 +197,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         fig = plot_video(vid, dets, video_gt, names, duration, args.threshold, args.max_dets,
                          curve)
         out = os.path.join(args.out_dir, vid.replace(os.sep, "_") + ".png")
-        fig.savefig(out)
+        with atomic_open(out, "wb") as f:
+            fig.savefig(f, format="png")
         print(f"{out}: {int((dets['score'] >= args.threshold).sum())} detections >= "
               f"{args.threshold:g}" + (f", {len(video_gt)} ground-truth segments"
                                        if video_gt is not None else ""))

@@ -120,6 +120,13 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     "test_cfg": {
         "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
     },                            # (changes outputs near video ends, spec C.2; faster on short videos)
+    # How the features were made from videos (tools/extract_features.py options); lets
+    # tools/predict.py run on video files. backbone None: not recorded (feature files only).
+    "features": {
+        "backbone": None, "clip_len": 16, "stride": 4, "fps": None, "weights": "default",
+        "rgb_weights": None, "flow_weights": None, "two_stream": False, "flow": "tvl1",
+        "short_side": 256, "crop_size": 224,
+    },
 }
 
 # Keys with no default that a YAML may (or, for data paths, should) carry (spec G).
@@ -154,6 +161,10 @@ _EXPLICIT_TYPES = {
     "model.embd_dim": (int, list),
     "test_cfg.ext_score_file": (str, type(None)),
     "amp": (str, type(None)),
+    "features.backbone": (str, type(None)),
+    "features.fps": _NUMBER + (type(None),),
+    "features.rgb_weights": (str, type(None)),
+    "features.flow_weights": (str, type(None)),
 }
 # Integer-valued fields (counts, sizes); other fields with an integer default accept any number.
 _INTEGER_KEYS = {
@@ -162,6 +173,7 @@ _INTEGER_KEYS = {
     "model.embd_kernel_size", "model.fpn_dim", "model.fpn_start_level", "model.head_dim",
     "model.head_kernel_size", "model.head_num_layers", "test_cfg.pre_nms_topk",
     "test_cfg.max_seg_num", "opt.epochs", "opt.warmup_epochs", "opt.early_stop_epochs",
+    "features.clip_len", "features.stride", "features.short_side", "features.crop_size",
 }
 _CHOICES = {
     "train_cfg.center_sample": ("radius", "none"),
@@ -218,7 +230,8 @@ def _known_paths() -> Dict[str, Any]:
     return known
 
 
-_SECTIONS = {k for k, v in _flatten(DEFAULTS).items() if isinstance(v, dict)}
+_SECTIONS = {k for k, v in {**_flatten(DEFAULTS), **_flatten(EXTRA_DEFAULTS)}.items()
+             if isinstance(v, dict)}
 
 
 def _suggest(path: str, known: Iterable[str]) -> str:

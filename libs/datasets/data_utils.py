@@ -8,8 +8,10 @@ Units: annotation segments arrive in **seconds**; everything a loader returns is
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import warnings
+import zipfile
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["DataWarning", "ProblemReport", "FeatureReader", "seconds_to_grid", "truncate_feats",
+__all__ = ["DataWarning", "ProblemReport", "FeatureReader", "shape_problem", "seconds_to_grid", "truncate_feats",
            "trivial_batch_collator", "worker_init_reset_seed"]
 
 # how many ids / messages a summary line shows before "... and N more"
@@ -123,6 +125,17 @@ class FeatureReader:
 
     def _read_one(self, folder: str, video_id: str) -> np.ndarray:
         path = self.path(folder, video_id)
+        try:
+            return self._load(folder, path, video_id)
+        except ValueError as exc:
+            if str(exc).startswith(path):
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except (OSError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: video '{video_id}': cannot read the features ({reason})")
+
+    def _load(self, folder: str, path: str, video_id: str) -> np.ndarray:
         if self._is_hdf5(folder):
             with h5py.File(folder, "r") as h5:
                 return np.asarray(h5[self.prefix + video_id][()], dtype=np.float32)
@@ -160,23 +173,31 @@ class FeatureReader:
         return feats
 
 
+def shape_problem(shape: Tuple[int, ...], dim: Optional[int], path: str, video_id: str) -> Optional[str]:
+    """One line describing why a stored feature shape is not ``T x dim`` (T > 0), or None."""
+    prefix = f"{path}: video '{video_id}': features"
+    if len(shape) != 2:
+        return f"{prefix} have shape {tuple(shape)}; expected T x D (2-D)"
+    if shape[0] == 0:
+        return f"{prefix} are empty (T = 0)"
+    if dim is not None and shape[1] != dim:
+        hint = (" (the array looks transposed: store it time-major, T x D)"
+                if shape[0] == dim else "")
+        return (f"{prefix} have dimension {shape[1]} (shape {tuple(shape)}), "
+                f"but dataset.input_dim is {dim}{hint}")
+    return None
+
+
 def _check_feats(feats: np.ndarray, dim: Optional[int], path: str, video_id: str) -> None:
     """Raise a one-line ValueError for a feature array that is not a finite ``T x dim`` matrix."""
-    prefix = f"{path}: video '{video_id}': features"
-    if feats.ndim != 2:
-        raise ValueError(f"{prefix} have shape {tuple(feats.shape)}; expected T x D (2-D)")
-    if feats.shape[0] == 0:
-        raise ValueError(f"{prefix} are empty (T = 0)")
-    if dim is not None and feats.shape[1] != dim:
-        hint = (" (the array looks transposed: store it time-major, T x D)"
-                if feats.shape[0] == dim else "")
-        raise ValueError(f"{prefix} have dimension {feats.shape[1]} (shape {tuple(feats.shape)}), "
-                         f"but dataset.input_dim is {dim}{hint}")
+    problem = shape_problem(feats.shape, dim, path, video_id)
+    if problem:
+        raise ValueError(problem)
     finite = np.isfinite(feats)
     if not finite.all():
         step, channel = np.argwhere(~finite)[0]
-        raise ValueError(f"{prefix} contain {int((~finite).sum())} NaN/Inf values "
-                         f"(first at step {step}, channel {channel})")
+        raise ValueError(f"{path}: video '{video_id}': features contain {int((~finite).sum())} NaN/Inf "
+                         f"values (first at step {step}, channel {channel})")
 
 
 def seconds_to_grid(segments: np.ndarray, fps: float, feat_stride: float,

@@ -175,6 +175,7 @@ class ActionDataset(Dataset):
                     continue
                 label_dict[name] = label_id
                 first_seen.setdefault(name, vid)
+        self._label_first_seen = first_seen
         return label_dict
 
     def _check_num_classes(self, report: ProblemReport) -> None:
@@ -185,6 +186,16 @@ class ActionDataset(Dataset):
         elif count > self.num_classes:
             report.error(None, f"the file names {count} classes, more than dataset.num_classes "
                                f"= {self.num_classes}")
+        if count > self.num_classes:
+            by_id: Dict[int, str] = {}
+            for name, label_id in self.label_dict.items():
+                if label_id in by_id:   # a second name for one class id: name both and where
+                    other = by_id[label_id]
+                    report.error(self._label_first_seen[name],
+                                 f"label '{name}' has id {label_id}, the id of label '{other}' (video "
+                                 f"'{self._label_first_seen[other]}'): one name per class id")
+                else:
+                    by_id[label_id] = name
 
     def _build_video_list(self, database: Dict[str, Any], report: ProblemReport) -> Tuple[dict, ...]:
         split = {s.lower() for s in self.split}

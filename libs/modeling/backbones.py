@@ -43,7 +43,7 @@ class _EmbeddingBackbone(nn.Module):
         self.embd_norm = nn.ModuleList()
         for idx in range(n_layers):
             self.embd.append(MaskedConv1D(n_in if idx == 0 else n_embd, n_embd, kernel_size,
-                                          bias=not with_ln))
+                                          padding=kernel_size // 2, bias=not with_ln))
             self.embd_norm.append(LayerNorm(n_embd) if with_ln else nn.Identity())
         self.relu = nn.ReLU(inplace=True)
         return n_embd
@@ -82,10 +82,10 @@ class _EmbeddingBackbone(nn.Module):
                 ) -> Tuple[List[Tensor], List[Tensor]]:
         """Embedded ``B×E×T`` -> (features, masks) per level: the second half of :meth:`forward`."""
         for block in self.stem:
-            x, mask = block(x, mask, extent)
+            x, mask = block(x, mask, extent=extent)
         feats, masks = [x], [mask]
         for block in self.branch:
-            x, mask = block(x, mask, extent)
+            x, mask = block(x, mask, extent=extent)
             extent = downsample_mask(extent, self.scale_factor)
             feats.append(x)
             masks.append(mask)
@@ -104,14 +104,14 @@ class ConvTransformerBackbone(_EmbeddingBackbone):
     Args follow the reference: ``n_in`` input channels (or per-source list), ``n_embd`` width
     (or per-source list), ``n_head``, ``n_embd_ks`` embedding kernel, ``max_len`` (= max_seq_len,
     length of the PE table), ``arch``, ``mha_win_size`` (one window per level, ≤ 1 = global),
-    ``scale_factor`` (branch stride), ``with_ln``, ``proj_pdrop`` (dropout), ``path_pdrop``
-    (drop-path), ``use_abs_pe``, ``use_rel_pe``.
+    ``scale_factor`` (branch stride), ``with_ln``, ``attn_pdrop`` (attention-map dropout),
+    ``proj_pdrop`` (dropout), ``path_pdrop`` (drop-path), ``use_abs_pe``, ``use_rel_pe``.
     """
 
     def __init__(self, n_in: Dims, n_embd: Dims, n_head: int, n_embd_ks: int, max_len: int,
                  arch: Sequence[int] = (2, 2, 5), mha_win_size: Sequence[int] = (-1,) * 6,
-                 scale_factor: int = 2, with_ln: bool = False, proj_pdrop: float = 0.0,
-                 path_pdrop: float = 0.0, use_abs_pe: bool = False,
+                 scale_factor: int = 2, with_ln: bool = False, attn_pdrop: float = 0.0,
+                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0, use_abs_pe: bool = False,
                  use_rel_pe: bool = False) -> None:
         super().__init__()
         if len(arch) != 3 or len(mha_win_size) != 1 + arch[2]:
@@ -125,12 +125,14 @@ class ConvTransformerBackbone(_EmbeddingBackbone):
         if use_abs_pe:
             table = sinusoid_position_table(max_len, width) / (width ** 0.5)
             self.register_buffer("pos_embd", table, persistent=False)
+        drops = {"attn_pdrop": attn_pdrop, "proj_pdrop": proj_pdrop, "path_pdrop": path_pdrop}
         self.stem = nn.ModuleList([
-            TransformerBlock(width, n_head, 1, mha_win_size[0], proj_pdrop, path_pdrop,
-                             use_rel_pe) for _ in range(arch[1])])
+            TransformerBlock(width, n_head, (1, 1), mha_win_size=mha_win_size[0],
+                             use_rel_pe=use_rel_pe, **drops) for _ in range(arch[1])])
         self.branch = nn.ModuleList([
-            TransformerBlock(width, n_head, scale_factor, mha_win_size[1 + idx], proj_pdrop,
-                             path_pdrop, use_rel_pe) for idx in range(arch[2])])
+            TransformerBlock(width, n_head, (scale_factor, scale_factor),
+                             mha_win_size=mha_win_size[1 + idx], use_rel_pe=use_rel_pe, **drops)
+            for idx in range(arch[2])])
         self.apply(self._zero_biases)
 
     def _position_embedding(self, T: int, extent: Optional[Tensor]) -> Tensor:

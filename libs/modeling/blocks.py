@@ -19,9 +19,17 @@ depthwise convolutions, max-pools and k-tap convolutions after a LayerNorm run c
 (NHWC); element-wise ops keep the layout. Only the first embedding convolution reads the model's
 channel-first features as they are. Local attention is an O(T·w) band (:func:`local_attention`).
 The reference's plain channel-first formulation is kept next to each fast path as
-``forward_reference`` (attention: :func:`local_attention_chunked`); :func:`reference_formulation`
-runs the whole model with it (benchmark baseline; ``tests/test_fast_paths.py`` proves both agree
-to 1e-5, outputs and gradients).
+``forward_reference`` (attention: ``reference_formulation.local_attention_chunked``);
+:func:`reference_formulation` runs the whole model with it (benchmark baseline;
+``tests/test_fast_paths.py`` proves both agree to 1e-5, outputs and gradients, and give the same
+losses seed for seed with dropout and drop-path: every random mask is drawn in the reference's
+layout and order, see :class:`Dropout`).
+
+The reference's building blocks keep its constructor and forward signatures (positional order,
+keyword names, defaults): :class:`MaskedConv1D`, :class:`LayerNorm`, :class:`MaskedMHA`,
+:class:`MaskedMHCA`, :class:`LocalMaskedMHCA`, :class:`TransformerBlock`, :class:`ConvBlock`,
+:class:`Scale`, :class:`DropPath`, :class:`AffineDropPath`; forwards take an optional trailing
+``extent``.
 """
 from __future__ import annotations
 
@@ -34,17 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import global_attention, local_attention, local_attention_dense
+from .reference_formulation import local_attention_chunked
+from .weight_init import trunc_normal_
+
 __all__ = [
     "reference_formulation", "inference_chunk_steps", "chunked_inference_applies",
     "map_time_chunks", "downsample_mask", "MaskedConv1D", "FastConv1d",
-    "ChannelsLastMaxPool1d", "LayerNorm", "sinusoid_position_table",
-    "local_attention", "local_attention_dense", "local_attention_chunked", "global_attention",
-    "MaskedMHCA",
-    "TransformerBlock", "ConvBlock", "Scale", "drop_path", "AffineDropPath",
+    "ChannelsLastMaxPool1d", "LayerNorm", "sinusoid_position_table", "get_sinusoid_encoding",
+    "local_attention", "local_attention_dense", "global_attention", "Dropout", "MaskedMHA",
+    "MaskedMHCA", "LocalMaskedMHCA", "TransformerBlock", "ConvBlock", "Scale", "drop_path",
+    "DropPath", "AffineDropPath",
 ]
-
-# Logit offset of a padded key inside the window (spec C.6); the reference uses -1e4, not -inf.
-PADDED_KEY_LOGIT = -1e4
 
 _REFERENCE_MODE = [False]
 
@@ -140,16 +149,23 @@ def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
 class MaskedConv1D(nn.Module):
     """``Conv1d`` (odd kernel k, padding k//2) whose output is zeroed on padded steps (spec C.2).
 
-    forward: x ``B×C_in×T``, mask ``B×1×T`` -> (``B×C_out×T/s``, mask ``B×1×T/s``).
+    The reference's signature: ``padding`` must be ``kernel_size // 2``; ``dilation`` 1 and
+    ``padding_mode`` 'zeros' are the only supported values.
+    forward: x ``B×C_in×T``, mask ``B×1×T`` [, extent] -> (``B×C_out×T/s``, mask ``B×1×T/s``).
     The input itself is not masked, so padded steps carrying non-zero values (LayerNorm biases)
     are read at the end of the video exactly as in the reference. The bias starts at 0.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, bias: bool = True) -> None:
+                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
+        if kernel_size % 2 != 1 or padding != kernel_size // 2:
+            raise ValueError(f"MaskedConv1D needs an odd kernel size and padding = kernel_size "
+                             f"// 2, got kernel_size {kernel_size}, padding {padding}")
+        if dilation != 1 or padding_mode != "zeros":
+            raise ValueError(f"MaskedConv1D supports dilation 1 and padding_mode 'zeros' only, "
+                             f"got {dilation} and {padding_mode!r}")
         self.stride = stride
         self.conv = FastConv1d(in_channels, out_channels, kernel_size, stride, groups, bias)
         if bias:
@@ -229,13 +245,17 @@ class LayerNorm(nn.Module):
     as the reference does.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+                 ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
+        self.affine = affine
         if affine:
-            self.weight = nn.Parameter(torch.ones(1, num_channels, 1))
-            self.bias = nn.Parameter(torch.zeros(1, num_channels, 1))
+            factory = {"device": device, "dtype": dtype}
+            self.weight = nn.Parameter(torch.ones(1, num_channels, 1, **factory))
+            self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, **factory))
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -273,258 +293,232 @@ def sinusoid_position_table(length: int, dim: int) -> Tensor:
     return torch.from_numpy(angles).float().T.unsqueeze(0).contiguous()
 
 
+def get_sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:
+    """The reference's name of :func:`sinusoid_position_table`: ``1×d_hid×n_position``."""
+    return sinusoid_position_table(n_position, d_hid)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask falls on the reference's elements for a given seed.
+
+    The random draws follow the logical (channel-first) order of the tensor, as they do on the
+    reference's contiguous tensors, whatever the memory layout of the input (a channels-last
+    input keeps its layout). :meth:`noise` gives the multiplier alone, for attention maps that
+    the fast kernels hold in another layout.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0 or x.is_contiguous():
+            return super().forward(x)
+        return x * self.noise(x.shape, x)
+
+    @property
+    def active(self) -> bool:
+        """True when the module drops anything (training mode and p > 0)."""
+        return self.training and self.p > 0.0
+
+    def noise(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        """The multiplier (0 or 1/(1-p)) that dropout draws for a contiguous tensor of ``shape``
+        (``like``'s dtype and device), consuming the same random numbers."""
+        return F.dropout(like.new_ones(shape), self.p, training=True)
+
+
 # --------------------------------------------------------------------------------------------
-# Attention kernels. q, k, v: B×H×d×T (head-major channel split, q already scaled by 1/sqrt(d));
-# key_mask: B×1×T bool. Output: B×H×d×T. Rows of padded queries are left to the caller, which
-# zeroes them with the query mask after the output projection.
+# Attention modules: the reference's MaskedMHA, MaskedMHCA and LocalMaskedMHCA
 # --------------------------------------------------------------------------------------------
-def _key_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """``B×1×T`` additive logit: 0 for real keys, -1e4 for padded ones."""
-    return torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill(
-        ~key_mask, PADDED_KEY_LOGIT)
+class _AttentionBase(nn.Module):
+    """Projections, dropouts and the attention step shared by the attention modules."""
 
+    window_size = -1                               # <= 1: global attention
 
-def local_attention_dense(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
-                          rel_pe: Optional[Tensor] = None) -> Tensor:
-    """Readable definition of the local attention of spec C.6, with a ``T×T`` band mask.
-
-    Query i attends to keys ``j ∈ [i-h, i+h] ∩ [0, T)``, ``h = window // 2``; logit
-    ``q_i·k_j + rel_pe[j-i+h] + (-1e4 if key j is padded)``; slots outside the sequence are
-    excluded; padded query rows are set to 0. O(T²): for tests only, see :func:`local_attention`.
-    """
-    h = window // 2
-    T = q.shape[-1]
-    logits = q.transpose(-2, -1) @ k                                    # B×H×T×T
-    offset = torch.arange(T, device=q.device)[None, :] - torch.arange(T, device=q.device)[:, None]
-    in_band = offset.abs() <= h                                         # [i, j]: |j - i| <= h
-    if rel_pe is not None:
-        slot = (offset + h).clamp(0, 2 * h)
-        logits = logits + rel_pe.reshape(1, -1, 2 * h + 1)[:, :, slot] * in_band
-    logits = logits + _key_bias(key_mask, q.dtype)[:, :, None, :]
-    logits = logits.masked_fill(~in_band, float("-inf"))
-    probs = logits.softmax(dim=-1) * key_mask[:, :, :, None].to(q.dtype)  # zero padded queries
-    return v @ probs.transpose(-2, -1)
-
-
-def _band_of(scores: Tensor, window: int) -> Tensor:
-    """``(…, c, c+w-1)`` chunk scores -> ``(…, c, w)`` band: ``out[a, o] = scores[a, a+o]``."""
-    c = scores.shape[-2]
-    return F.pad(scores.flatten(-2), (0, c)).unflatten(-1, (c, c + window))[..., :window]
-
-
-def _band_to_chunk(band: Tensor) -> Tensor:
-    """Inverse of :func:`_band_of`: ``(…, c, w)`` -> ``(…, c, c+w-1)`` with zeros off the band."""
-    c, window = band.shape[-2:]
-    flat = F.pad(band, (0, c)).flatten(-2)[..., :-c]
-    return flat.unflatten(-1, (c, c + window - 1))
-
-
-def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
-                    rel_pe: Optional[Tensor] = None) -> Tensor:
-    """Local attention of spec C.6 in O(T·window) time and memory (never a ``T×T`` matrix).
-
-    Same inputs, outputs and numbers as :func:`local_attention_dense` (rows of padded queries
-    excepted: they are garbage here and zeroed by the caller). Queries are cut into chunks of
-    ``c = 2·window`` steps; each chunk meets its ``c + 2h`` neighbouring keys in one matmul, and
-    the band of ``2h+1`` slots per query is cut out of (and pasted back into) that block.
-    Slots outside the sequence get the most negative half of the dtype's range instead of −∞:
-    the same zero weight, and no NaN in the rows of the chunk padding.
-    """
-    h = window // 2
-    w = 2 * h + 1
-    B, H, d, T = q.shape
-    c = 2 * w
-    n = -(-T // c)
-    tail = n * c - T
-    outside = torch.finfo(q.dtype).min / 2
-    q_chunks = F.pad(q, (0, tail)).unflatten(-1, (n, c)).permute(0, 1, 3, 4, 2)   # B×H×n×c×d
-    k_spans = F.pad(k, (h, h + tail)).unfold(-1, c + 2 * h, c)                    # B×H×d×n×(c+2h)
-    v_spans = F.pad(v, (h, h + tail)).unfold(-1, c + 2 * h, c)
-    logits = _band_of(q_chunks @ k_spans.transpose(2, 3), w)                      # B×H×n×c×w
-    if rel_pe is not None:
-        logits = logits + rel_pe.reshape(1, H, 1, 1, w)
-    bias = F.pad(_key_bias(key_mask, q.dtype), (h, h + tail), value=outside).unfold(-1, w, 1)
-    probs = (logits + bias.unflatten(2, (n, c))).softmax(dim=-1)                  # B×1×n×c×w
-    out = _band_to_chunk(probs) @ v_spans.permute(0, 1, 3, 4, 2)                  # B×H×n×c×d
-    # B×H×d×T seen on a B×T×H×d buffer: heads.flatten(1, 2) is channels-last B×E×T, no copy
-    return out.permute(0, 2, 3, 1, 4).reshape(B, n * c, H, d)[:, :T].permute(0, 2, 3, 1)
-
-
-def _overlapping_chunks(x: Tensor, h: int) -> Tensor:
-    """``N×T×d`` -> ``N×(T/h - 1)×2h×d`` view: chunks of ``2h`` steps, neighbours overlapping
-    by h."""
-    return x.unfold(1, 2 * h, h).transpose(2, 3)
-
-
-def _chunk_scores_to_band(scores: Tensor, h: int) -> Tensor:
-    """All-pairs chunk scores ``N×n×2h×2h`` -> window band ``N×T×(2h+1)`` (``T = (n+1)·h``).
-
-    Slot ``h + o`` of query p holds its score with key ``p + o``. Offsets ``0…h`` come from the
-    chunk in whose first half p lies (the last h queries: the second half of the last chunk),
-    offsets ``-h…-1`` from the chunk in whose second half it lies. Slots of keys outside the
-    sequence are −∞.
-    """
-    N, n, c, _ = scores.shape
-    # re-read every chunk with rows of 2h+1: column s is the diagonal at offset s (row r) or,
-    # for s > 2h - 1 - r, the diagonal at offset s - 2h - 1 (row r + 1)
-    skewed = F.pad(scores, (0, 0, 0, 1)).view(N, n, c, c + 1)
-    band = scores.new_empty(N, n + 1, h, 2 * h + 1)
-    band[:, :-1, :, h:] = skewed[:, :, :h, :h + 1]
-    band[:, -1, :, h:] = skewed[:, -1, h:, :h + 1]
-    band[:, 1:, :, :h] = skewed[:, :, h - 1:-1, h + 1:]
-    band[:, 0, 1:h, 1:h] = skewed[:, 0, :h - 1, h + 2:]
-    band = band.view(N, (n + 1) * h, 2 * h + 1)
-    outside = torch.arange(2 * h + 1, device=scores.device)[None, :] < (
-        h - torch.arange(h, device=scores.device))[:, None]           # row i: slots < h - i
-    band[:, :h].masked_fill_(outside, float("-inf"))
-    band[:, -h:].masked_fill_(outside.flip(0, 1), float("-inf"))
-    return band
-
-
-def local_attention_chunked(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int,
-                            rel_pe: Optional[Tensor] = None) -> Tensor:
-    """The reference's formulation of :func:`local_attention` (Longformer-style chunks, spec C.6),
-    kept as the benchmark baseline (:func:`reference_formulation`).
-
-    Sequences are cut into chunks of ``2h`` steps overlapping by ``h``; each chunk computes all
-    ``2h × 2h`` query-key scores (about twice the band), the band is copied out of them, and
-    the key mask goes through the same chunked product (a ones "query" against the mask bias).
-    Probabilities meet the values in chunks of ``3h`` keys. Needs ``T`` divisible by ``2h``.
-    Same inputs and outputs as :func:`local_attention` (padded query rows are 0 here).
-    """
-    h = window // 2
-    B, H, d, T = q.shape
-    if T % (2 * h) != 0:
-        raise ValueError(f"chunked local attention needs a length divisible by {2 * h}, got {T}")
-    q, k, v = (x.transpose(2, 3).reshape(B * H, T, d) for x in (q, k, v))   # N×T×d copies
-    scores = _overlapping_chunks(q, h) @ _overlapping_chunks(k, h).transpose(2, 3)
-    w = 2 * h + 1                                         # band slots (2h + 1 for even windows too)
-    logits = _chunk_scores_to_band(scores, h).view(B, H, T, w).transpose(1, 2)       # B×T×H×w
-    if rel_pe is not None:
-        logits = logits + rel_pe
-    key_bias = _key_bias(key_mask, q.dtype).view(B, T, 1)
-    mask_scores = _overlapping_chunks(torch.ones_like(key_bias), h) @ \
-        _overlapping_chunks(key_bias, h).transpose(2, 3)
-    logits = logits + _chunk_scores_to_band(mask_scores, h).view(B, T, 1, w)
-    probs = logits.softmax(dim=-1).masked_fill(~key_mask.view(B, T, 1, 1), 0.0)
-    # probabilities of each h-query group shifted onto the 3h keys [start - h, start + 2h)
-    probs = probs.transpose(1, 2).reshape(B * H, T // h, h, w)
-    shifted = F.pad(probs, (0, h + 1)).flatten(-2)[..., :-h].view(B * H, T // h, h, 3 * h + 1)
-    values = F.pad(v, (0, 0, h, h), value=-1.0).unfold(1, 3 * h, h)       # N×(T/h)×d×3h
-    out = shifted[..., :-1] @ values.transpose(2, 3)                       # N×(T/h)×h×d
-    return out.view(B, H, T, d).transpose(2, 3)
-
-
-def global_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
-    """Full attention over the real keys (spec C.6, global variant)."""
-    logits = q.transpose(-2, -1) @ k                                    # B×H×T×T
-    logits = logits.masked_fill(~key_mask[:, :, None, :], float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return (v * key_mask[:, :, None, :].to(v.dtype)) @ probs.transpose(-2, -1)
-
-
-class MaskedMHCA(nn.Module):
-    """Multi-head *conv* attention with masking and optional down-sampling (spec C.6).
-
-    forward: x ``B×E×T`` (the block's LayerNorm output), mask ``B×1×T`` ->
-    (``B×E×T/s``, mask ``B×1×T/s``). Depthwise strided convs + LayerNorm give q, k, v; 1×1 convs
-    project them; attention is local (``window_size > 1``) or global; output 1×1 conv ``proj``.
-    """
-
-    def __init__(self, n_embd: int, n_head: int, window_size: int = -1, stride: int = 1,
-                 proj_pdrop: float = 0.0, use_rel_pe: bool = False) -> None:
-        super().__init__()
+    def _set_heads(self, n_embd: int, n_head: int) -> None:
         if n_embd % n_head != 0:
             raise ValueError(f"embedding width {n_embd} is not divisible by {n_head} heads")
-        if stride > 1 and stride % 2 != 0:
-            raise ValueError(f"attention down-sampling stride must be 1 or even, got {stride}")
-        if use_rel_pe and (window_size <= 1 or window_size % 2 == 0):
-            raise ValueError(f"relative position encoding needs an odd local window, got "
-                             f"{window_size}")
+        self.n_embd = n_embd
         self.n_head = n_head
-        self.head_dim = n_embd // n_head
-        self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.window_size = window_size
-        self.stride = stride
+        self.n_channels = n_embd // n_head
+        self.scale = 1.0 / math.sqrt(self.n_channels)
+        self.rel_pe: Optional[nn.Parameter] = None
 
-        kernel = stride + 1 if stride > 1 else 3
-        self.query_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
-        self.query_norm = LayerNorm(n_embd)
-        self.key_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
-        self.key_norm = LayerNorm(n_embd)
-        self.value_conv = MaskedConv1D(n_embd, n_embd, kernel, stride, groups=n_embd, bias=False)
-        self.value_norm = LayerNorm(n_embd)
+    def _build_projections(self, n_embd: int, n_head: int, attn_pdrop: float,
+                           proj_pdrop: float) -> None:
+        """1×1 ``key``, ``query``, ``value`` convs, dropouts and the output conv ``proj``
+        (created in the reference's order: same initial weights for a seed)."""
         self.key = FastConv1d(n_embd, n_embd)
         self.query = FastConv1d(n_embd, n_embd)
         self.value = FastConv1d(n_embd, n_embd)
-        self.proj_drop = nn.Dropout(proj_pdrop)
+        self.attn_drop = Dropout(attn_pdrop)
+        self.proj_drop = Dropout(proj_pdrop)
         self.proj = FastConv1d(n_embd, n_embd)
-        if use_rel_pe:
-            self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
-            std = (2.0 / n_embd) ** 0.5
-            nn.init.trunc_normal_(self.rel_pe, std=std, a=-2.0, b=2.0)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor) -> Tensor:
+        """Projected ``B×E×T`` q, k, v -> attention output ``B×E×T`` (before ``proj``)."""
+        heads = (self.n_head, self.n_channels)     # channel c -> head c // d (any layout)
+        q, k, v = q.unflatten(1, heads) * self.scale, k.unflatten(1, heads), v.unflatten(1, heads)
+        B, T = q.shape[0], q.shape[-1]
+        if self.window_size > 1:
+            slots = 2 * (self.window_size // 2) + 1
+            drop = self.attn_drop.noise((B, T, self.n_head, slots), q) \
+                if self.attn_drop.active else None
+            attend = local_attention_chunked if _REFERENCE_MODE[0] else local_attention
+            out = attend(q, k, v, kv_mask, self.window_size, self.rel_pe, drop)
         else:
-            self.rel_pe = None
+            drop = self.attn_drop.noise((B, self.n_head, T, k.shape[-1]), q) \
+                if self.attn_drop.active else None
+            out = global_attention(q, k, v, kv_mask, drop)
+        return out.flatten(1, 2)
+
+
+class MaskedMHA(_AttentionBase):
+    """Multi-head self-attention over the real steps (global).
+
+    forward: x ``B×E×T``, mask ``B×1×T`` -> (``B×E×T`` zero on padded steps, mask).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, attn_pdrop: float = 0.0,
+                 proj_pdrop: float = 0.0) -> None:
+        super().__init__()
+        self._set_heads(n_embd, n_head)
+        self._build_projections(n_embd, n_head, attn_pdrop, proj_pdrop)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        out = self._attend(self.query(x), self.key(x), self.value(x), mask)
+        out = self.proj_drop(self.proj(out))
+        return out * mask.to(out.dtype), mask
+
+
+class MaskedMHCA(_AttentionBase):
+    """Multi-head *conv* attention with masking and optional down-sampling, global (spec C.6).
+
+    forward: x ``B×E×T`` (the block's LayerNorm output), mask ``B×1×T`` ->
+    (``B×E×T/s``, mask ``B×1×T/s``), ``s = n_kv_stride``. Depthwise strided convs + LayerNorm
+    give q, k, v; 1×1 convs project them; output 1×1 conv ``proj``. As in the reference, the
+    query conv takes its kernel (``n_qx_stride + 1``, or 3) from ``n_qx_stride`` and its stride
+    from ``n_kv_stride``; the Transformer block uses equal strides.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_qx_stride: int = 1, n_kv_stride: int = 1,
+                 attn_pdrop: float = 0.0, proj_pdrop: float = 0.0) -> None:
+        super().__init__()
+        for stride in (n_qx_stride, n_kv_stride):
+            if stride > 1 and stride % 2 != 0:
+                raise ValueError(f"attention down-sampling stride must be 1 or even, got {stride}")
+        self._set_heads(n_embd, n_head)
+        self.n_qx_stride = n_qx_stride
+        self.n_kv_stride = n_kv_stride
+        self.query_conv = self._depthwise(n_embd, n_qx_stride, n_kv_stride)
+        self.query_norm = LayerNorm(n_embd)
+        self.key_conv = self._depthwise(n_embd, n_kv_stride, n_kv_stride)
+        self.key_norm = LayerNorm(n_embd)
+        self.value_conv = self._depthwise(n_embd, n_kv_stride, n_kv_stride)
+        self.value_norm = LayerNorm(n_embd)
+        self._build_projections(n_embd, n_head, attn_pdrop, proj_pdrop)
+
+    @staticmethod
+    def _depthwise(n_embd: int, kernel_stride: int, stride: int) -> "MaskedConv1D":
+        kernel = kernel_stride + 1 if kernel_stride > 1 else 3
+        return MaskedConv1D(n_embd, n_embd, kernel, stride=stride, padding=kernel // 2,
+                            groups=n_embd, bias=False)
+
+    @property
+    def stride(self) -> int:
+        """Down-sampling factor of the output (the query conv's stride)."""
+        return self.n_kv_stride
 
     def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Tensor]:
-        q, out_mask = self.query_conv(x, mask, extent)
-        k, _ = self.key_conv(x, mask, extent)
+        q, qx_mask = self.query_conv(x, mask, extent)
+        k, kv_mask = self.key_conv(x, mask, extent)
         v, _ = self.value_conv(x, mask, extent)
         q = self.query(self.query_norm(q))
         k = self.key(self.key_norm(k))
         v = self.value(self.value_norm(v))
-        heads = (self.n_head, self.head_dim)        # channel c -> head c // d (any layout)
-        q, k, v = q.unflatten(1, heads) * self.scale, k.unflatten(1, heads), v.unflatten(1, heads)
-        if self.window_size > 1:
-            attend = local_attention_chunked if _REFERENCE_MODE[0] else local_attention
-            out = attend(q, k, v, out_mask, self.window_size, self.rel_pe)
-        else:
-            out = global_attention(q, k, v, out_mask)
-        out = self.proj_drop(self.proj(out.flatten(1, 2)))
-        return out * out_mask.to(out.dtype), out_mask
+        out = self.proj_drop(self.proj(self._attend(q, k, v, kv_mask)))
+        return out * qx_mask.to(out.dtype), qx_mask
 
 
+class LocalMaskedMHCA(MaskedMHCA):
+    """:class:`MaskedMHCA` with local attention: query i attends to keys within
+    ``window_size // 2`` steps, plus an optional learnt relative position bias ``rel_pe``
+    (``1×1×H×window_size``, odd windows only; truncated-normal init with std sqrt(2/E))."""
+
+    def __init__(self, n_embd: int, n_head: int, window_size: int, n_qx_stride: int = 1,
+                 n_kv_stride: int = 1, attn_pdrop: float = 0.0, proj_pdrop: float = 0.0,
+                 use_rel_pe: bool = False) -> None:
+        if window_size <= 1:
+            raise ValueError(f"local attention needs a window of at least 2, got {window_size}")
+        if use_rel_pe and window_size % 2 == 0:
+            raise ValueError(f"relative position encoding needs an odd window, got {window_size}")
+        super().__init__(n_embd, n_head, n_qx_stride, n_kv_stride, attn_pdrop, proj_pdrop)
+        self.window_size = window_size
+        self.window_overlap = window_size // 2
+        self.use_rel_pe = use_rel_pe
+        if use_rel_pe:
+            self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
+            trunc_normal_(self.rel_pe, std=(2.0 / n_embd) ** 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
 class TransformerBlock(nn.Module):
     """Pre-LN Transformer block with optional strided down-sampling (spec C.5).
 
-    forward: x ``B×E×T``, mask ``B×1×T`` -> (``B×E×T/s``, mask ``B×1×T/s``); outputs are exactly
-    zero on padded steps. The stride-s skip is a max-pool over the zero-padded input (−inf only
-    at the tensor border, spec C.2 / I.21).
+    forward: x ``B×E×T``, mask ``B×1×T`` [, pos_embd ``·×E×T/s`` added to the output on real
+    steps] -> (``B×E×T/s``, mask ``B×1×T/s``); outputs are exactly zero on padded steps. The
+    attention is :class:`LocalMaskedMHCA` for ``mha_win_size > 1``, else :class:`MaskedMHCA`
+    (``use_rel_pe`` applies to local attention only). The stride-s skip is a max-pool over the
+    zero-padded input (−inf only at the tensor border, spec C.2 / I.21).
     """
 
-    def __init__(self, n_embd: int, n_head: int, stride: int = 1, window_size: int = -1,
-                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0,
+    def __init__(self, n_embd: int, n_head: int, n_ds_strides: Sequence[int] = (1, 1),
+                 n_out: Optional[int] = None, n_hidden: Optional[int] = None,
+                 act_layer: Callable[[], nn.Module] = nn.GELU, attn_pdrop: float = 0.0,
+                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0, mha_win_size: int = -1,
                  use_rel_pe: bool = False) -> None:
         super().__init__()
+        if len(n_ds_strides) != 2 or n_ds_strides[0] != n_ds_strides[1]:
+            raise ValueError(f"n_ds_strides must be two equal strides (query/skip and key/value),"
+                             f" got {tuple(n_ds_strides)}")
+        stride = n_ds_strides[0]
+        n_hidden = 4 * n_embd if n_hidden is None else n_hidden
+        n_out = n_embd if n_out is None else n_out
         self.ln1 = LayerNorm(n_embd)
         self.ln2 = LayerNorm(n_embd)
-        self.attn = MaskedMHCA(n_embd, n_head, window_size, stride, proj_pdrop, use_rel_pe)
+        if mha_win_size > 1:
+            self.attn = LocalMaskedMHCA(n_embd, n_head, mha_win_size, stride, stride,
+                                        attn_pdrop, proj_pdrop, use_rel_pe)
+        else:
+            self.attn = MaskedMHCA(n_embd, n_head, stride, stride, attn_pdrop, proj_pdrop)
         if stride > 1:
             self.pool_skip = ChannelsLastMaxPool1d(stride + 1, stride=stride,
                                                    padding=(stride + 1) // 2)
         else:
             self.pool_skip = nn.Identity()
         self.mlp = nn.Sequential(
-            FastConv1d(n_embd, 4 * n_embd), nn.GELU(), nn.Dropout(proj_pdrop),
-            FastConv1d(4 * n_embd, n_embd), nn.Dropout(proj_pdrop))
+            FastConv1d(n_embd, n_hidden), act_layer(), Dropout(proj_pdrop),
+            FastConv1d(n_hidden, n_out), Dropout(proj_pdrop))
         if path_pdrop > 0.0:
             self.drop_path_attn = AffineDropPath(n_embd, drop_prob=path_pdrop)
-            self.drop_path_mlp = AffineDropPath(n_embd, drop_prob=path_pdrop)
+            self.drop_path_mlp = AffineDropPath(n_out, drop_prob=path_pdrop)
         else:
             self.drop_path_attn = nn.Identity()
             self.drop_path_mlp = nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, pos_embd: Optional[Tensor] = None,
+                extent: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         window, stride = self.attn.window_size, self.attn.stride
         if window > 1 and chunked_inference_applies(x.shape[-1], self.training):
             # output step t reads x on [s·(t - h) - s/2, s·(t + h) + s/2] (window, q/k/v convs
             # of kernel s + 1 or 3, pooled skip); halo rounded up to a multiple of the stride s
             out = map_time_chunks(lambda *xs: self._forward(*xs)[0], (x, mask, extent),
                                   halo=stride * (window // 2 + 1), stride=stride)
-            return out, downsample_mask(mask, stride)
-        return self._forward(x, mask, extent)
+            out_mask = downsample_mask(mask, stride)
+        else:
+            out, out_mask = self._forward(x, mask, extent)
+        if pos_embd is not None:
+            out = out + pos_embd * out_mask.to(out.dtype)
+        return out, out_mask
 
     def _forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]
                  ) -> Tuple[Tensor, Tensor]:
@@ -542,22 +536,29 @@ class TransformerBlock(nn.Module):
 class ConvBlock(nn.Module):
     """ResNet basic block for the ``conv`` backbone (spec C.7).
 
-    forward: x ``B×E×T``, mask -> (``B×E×T/s``, mask). ``out = ReLU(conv2(ReLU(conv1(x))) + res)``
-    with res = x (s = 1) or a strided 1×1 masked conv; the output is not re-masked.
+    forward: x ``B×E×T``, mask [, pos_embd (ignored, as in the reference)] ->
+    (``B×E_out×T/s``, mask). ``out = act(conv2(act(conv1(x))) + res)`` with res = x (s = 1) or a
+    strided 1×1 masked conv; the output is not re-masked.
     """
 
-    def __init__(self, n_embd: int, kernel_size: int = 3, stride: int = 1,
-                 expansion_factor: int = 2) -> None:
+    def __init__(self, n_embd: int, kernel_size: int = 3, n_ds_stride: int = 1,
+                 expansion_factor: int = 2, n_out: Optional[int] = None,
+                 act_layer: Callable[[], nn.Module] = nn.ReLU) -> None:
         super().__init__()
+        if kernel_size % 2 != 1 or kernel_size <= 1:
+            raise ValueError(f"ConvBlock needs an odd kernel size > 1, got {kernel_size}")
+        n_out = n_embd if n_out is None else n_out
         width = n_embd * expansion_factor
-        self.stride = stride
-        self.conv1 = MaskedConv1D(n_embd, width, kernel_size, stride)
-        self.conv2 = MaskedConv1D(width, n_embd, kernel_size, 1)
-        self.downsample = MaskedConv1D(n_embd, n_embd, 1, stride) if stride > 1 else None
-        self.act = nn.ReLU()
+        padding = kernel_size // 2
+        self.stride = n_ds_stride
+        self.conv1 = MaskedConv1D(n_embd, width, kernel_size, n_ds_stride, padding=padding)
+        self.conv2 = MaskedConv1D(width, n_out, kernel_size, 1, padding=padding)
+        self.downsample = MaskedConv1D(n_embd, n_out, 1, n_ds_stride) if n_ds_stride > 1 \
+            else None
+        self.act = act_layer()
 
-    def forward(self, x: Tensor, mask: Tensor, extent: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, pos_embd: Optional[Tensor] = None,
+                extent: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         out, out_mask = self.conv1(x, mask, extent)
         out, out_mask = self.conv2(self.act(out), out_mask, downsample_mask(extent, self.stride))
         residual = x if self.downsample is None else self.downsample(x, mask)[0]
@@ -576,13 +577,25 @@ class Scale(nn.Module):
 
 
 def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
-    """Stochastic depth per sample: drop whole samples with prob ``drop_prob``, rescale the rest."""
+    """Stochastic depth per sample: drop whole samples with prob ``drop_prob``, rescale the rest.
+    One uniform draw per sample (``B×1×…``), so the memory layout of ``x`` plays no part."""
     if drop_prob == 0.0 or not training:
         return x
     keep_prob = 1 - drop_prob
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep = (keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_()
     return x.div(keep_prob) * keep
+
+
+class DropPath(nn.Module):
+    """:func:`drop_path` as a module."""
+
+    def __init__(self, drop_prob: Optional[float] = None) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.drop_prob, self.training)
 
 
 class AffineDropPath(nn.Module):

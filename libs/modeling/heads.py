@@ -36,7 +36,8 @@ class _ConvTower(nn.Module):
         self.norm = nn.ModuleList()
         for idx in range(num_layers - 1):
             self.head.append(MaskedConv1D(input_dim if idx == 0 else feat_dim, feat_dim,
-                                          kernel_size, bias=not with_ln))
+                                          kernel_size, padding=kernel_size // 2,
+                                          bias=not with_ln))
             self.norm.append(LayerNorm(feat_dim) if with_ln else nn.Identity())
 
     def _trunk(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
@@ -60,15 +61,17 @@ def _per_level(extents: Optional[Sequence[Optional[Tensor]]], n_levels: int
 
 
 class ClsHead(_ConvTower):
-    """Class logits; the final conv's bias starts at the prior ``-log((1-π)/π)`` and at
-    ``-log((1-1e-6)/1e-6)`` for the ``empty_cls`` ids."""
+    """Class logits; the final conv's bias starts at the prior ``-log((1-π)/π)`` (0 when
+    ``prior_prob`` is 0) and at ``-log((1-1e-6)/1e-6)`` for the ``empty_cls`` ids."""
 
     def __init__(self, input_dim: int, feat_dim: int, num_classes: int, prior_prob: float = 0.01,
                  num_layers: int = 3, kernel_size: int = 3, with_ln: bool = False,
                  empty_cls: Sequence[int] = ()) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
-        self.cls_head = MaskedConv1D(feat_dim, num_classes, kernel_size)
-        nn.init.constant_(self.cls_head.conv.bias, _prior_bias(prior_prob))
+        self.cls_head = MaskedConv1D(feat_dim, num_classes, kernel_size,
+                                     padding=kernel_size // 2)
+        if prior_prob > 0:                         # else the bias stays 0, as in the reference
+            nn.init.constant_(self.cls_head.conv.bias, _prior_bias(prior_prob))
         for idx in empty_cls:
             nn.init.constant_(self.cls_head.conv.bias[idx], _prior_bias(_EMPTY_CLASS_PRIOR))
 
@@ -89,7 +92,7 @@ class RegHead(_ConvTower):
                  kernel_size: int = 3, with_ln: bool = False) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.scale = nn.ModuleList([Scale() for _ in range(fpn_levels)])
-        self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size)
+        self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size, padding=kernel_size // 2)
 
     def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor],
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:

@@ -42,7 +42,8 @@ class FPN1D(nn.Module):
             self.lateral_convs.append(
                 MaskedConv1D(in_channels[level], out_channel, 1, bias=not with_ln))
             self.fpn_convs.append(
-                MaskedConv1D(out_channel, out_channel, 3, groups=out_channel, bias=not with_ln))
+                MaskedConv1D(out_channel, out_channel, 3, padding=1, groups=out_channel,
+                             bias=not with_ln))
             self.fpn_norms.append(LayerNorm(out_channel) if with_ln else nn.Identity())
 
     def forward(self, inputs: Sequence[Tensor], masks: Sequence[Tensor]

@@ -1,6 +1,7 @@
-"""Thin helpers over ``torch.distributed`` for ``torchrun`` launches (one process per device).
+"""Thin helpers over ``torch.distributed`` for multi-process launches (one process per device:
+``torchrun``, or train.py's own launch for a config listing several devices).
 
-Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything degrades to a single
+Without one (no ``WORLD_SIZE`` in the environment) everything degrades to a single
 process: rank 0, world size 1, reductions are identities.
 """
 from __future__ import annotations
@@ -31,21 +32,39 @@ def is_main_process() -> bool:
 
 
 def launched_by_torchrun() -> bool:
+    """True in a multi-process launch (``torchrun`` or one process per configured device)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_distributed(device: torch.device) -> Optional[int]:
-    """Join the ``torchrun`` process group (``nccl`` on CUDA, ``gloo`` on CPU).
+# set in each process started by ``libs.engine.launch`` (one process per ``devices`` entry)
+PER_DEVICE_ENV = "ACTIONFORMER_PER_DEVICE"
 
-    Returns the local rank, or None for a plain single-process launch. Call
-    before building the model; ``device`` decides the backend.
+
+def launched_per_device() -> bool:
+    """True in a process started for one entry of the config's ``devices``."""
+    return os.environ.get(PER_DEVICE_ENV) == "1"
+
+
+def device_of_this_process(devices) -> str:
+    """The config's ``devices[local rank]`` in a per-device launch, else ``devices[0]``."""
+    if launched_per_device():
+        return devices[int(os.environ.get("LOCAL_RANK", "0"))]
+    return devices[0]
+
+
+def init_distributed(device: torch.device) -> Optional[int]:
+    """Join the process group (``nccl`` on CUDA, ``gloo`` on CPU) of a multi-process launch.
+
+    Returns the local rank, or None for a plain single-process launch. Call before building
+    the model; ``device`` decides the backend (with an index, it becomes the current CUDA device,
+    else ``cuda:<local rank>`` does).
     """
     if not launched_by_torchrun():
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(device.index if device.index is not None else local_rank)
     dist.init_process_group(backend=backend)
     return local_rank
 

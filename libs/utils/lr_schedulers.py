@@ -19,7 +19,6 @@ the closed forms they equal (up to float rounding) are
 from __future__ import annotations
 
 import math
-import warnings
 from collections import Counter
 from typing import Dict, Iterable, List
 
@@ -120,18 +119,16 @@ def _build_multistep(optimizer, warmup_iters: int, milestones: List[int], gamma:
     return MultiStepLR(optimizer, milestones, gamma)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, optimizer_config: Dict, num_iters_per_epoch: int,
-                   last_epoch: int = -1) -> LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, optimizer_config: Dict,
+                   num_iters_per_epoch: int) -> LRScheduler:
     """Build the per-iteration schedule of ``optimizer_config`` (the ``opt`` config section).
 
     ``warmup_epochs``, ``epochs`` and ``schedule_steps`` are in epochs and are converted to
     iterations with ``num_iters_per_epoch``. With warm-up the schedule spans
     ``epochs + warmup_epochs`` epochs, without it ``epochs``; ``schedule_type`` names a
-    registered schedule. ``last_epoch`` is accepted for signature compatibility with the
-    reference only; resume with ``scheduler.load_state_dict``, which also restores the chained lr.
+    registered schedule. To resume, restore ``scheduler.load_state_dict`` (which also restores
+    the chained lr).
     """
-    if last_epoch != -1:
-        warnings.warn("make_scheduler(last_epoch=...) is ignored; restore with scheduler.load_state_dict()")
     epochs = optimizer_config["epochs"]
     warmup_epochs = optimizer_config.get("warmup_epochs", 0) if optimizer_config.get("warmup", True) else 0
     if optimizer_config.get("warmup", True) and warmup_epochs * num_iters_per_epoch < 1:

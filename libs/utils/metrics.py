@@ -293,7 +293,7 @@ def metrics_to_dict(tiou_thresholds: Iterable[float], mAP: Sequence[float],
     """The JSON schema of eval_metrics.json / tools/evaluate.py --json: fractions in [0, 1],
     one recall list per k aligned with ``tiou``."""
     recall = np.asarray(recall, dtype=np.float64).reshape(len(list(mAP)), len(top_k))
-    return {"tiou": [float(t) for t in tiou_thresholds],
+    return {"tiou": [round(float(t), 6) for t in tiou_thresholds],   # 0.4, not 0.39999999999999997
             "mAP": [float(m) for m in mAP],
             "average_mAP": float(average_mAP),
             "recall": {str(k): [float(r) for r in recall[:, i]] for i, k in enumerate(top_k)}}

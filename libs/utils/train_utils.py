@@ -6,8 +6,8 @@ E / F.5 (inference loop and saved predictions), B.5 (loaders).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import pickle
 import random
 import time
 from copy import deepcopy
@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import distributed as du
+from .io import atomic_open, write_pickle
+from .run_log import Progress
 from .lr_schedulers import make_scheduler  # noqa: F401  (the reference exports it from here)
 
 __all__ = ["make_optimizer", "make_scheduler", "ModelEma", "fix_random_seed", "get_rng_state", "set_rng_state",
@@ -85,13 +86,10 @@ class ModelEma(nn.Module):
     is a deep copy of the (unwrapped) model kept in eval mode.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, device: Optional[torch.device] = None):
+    def __init__(self, model: nn.Module, decay: float = 0.999):
         super().__init__()
         self.module = deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
-        self.device = device
-        if device is not None:
-            self.module.to(device=device)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -100,8 +98,6 @@ class ModelEma(nn.Module):
         ema_f, model_f = [], []
         for key, ema_v in ema_sd.items():
             model_v = model_sd[key]
-            if self.device is not None:
-                model_v = model_v.to(device=self.device)
             if ema_v.is_floating_point():
                 ema_f.append(ema_v)
                 model_f.append(model_v)
@@ -111,10 +107,6 @@ class ModelEma(nn.Module):
             # same rounding as the reference's `decay * e + (1 - decay) * m`
             torch._foreach_mul_(ema_f, self.decay)
             torch._foreach_add_(ema_f, torch._foreach_mul(model_f, 1.0 - self.decay))
-
-    @torch.no_grad()
-    def set(self, model: nn.Module) -> None:
-        self.module.load_state_dict(model.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,23 +162,26 @@ def add_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Te
 
 def save_checkpoint(state: Dict[str, Any], is_best: bool, file_folder: str,
                     file_name: str = "checkpoint.pth.tar") -> None:
-    """``torch.save`` to ``file_folder/file_name`` atomically (temp file + rename); with
-    ``is_best`` also write ``model_best.pth.tar`` (without optimiser and scheduler, as the reference)."""
+    """``torch.save`` to ``file_folder/file_name`` atomically (temp file + rename: a failed write,
+    e.g. a full disk, leaves the previous file in place and raises ``OSError``); with ``is_best``
+    also write ``model_best.pth.tar`` (without optimiser and scheduler, as the reference)."""
     os.makedirs(file_folder, exist_ok=True)
-    _atomic_save(state, os.path.join(file_folder, file_name))
+    _atomic_torch_save(state, os.path.join(file_folder, file_name))
     if is_best:
         best = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler")}
-        _atomic_save(best, os.path.join(file_folder, "model_best.pth.tar"))
+        _atomic_torch_save(best, os.path.join(file_folder, "model_best.pth.tar"))
 
 
-def _atomic_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    # serialise in memory, then write with Python's file API: write errors (ENOSPC, EACCES)
+    # arrive as OSError with their errno, not as torch's generic RuntimeError
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with atomic_open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
 
 
 def load_checkpoint(path: str, required: Sequence[str] = ()) -> Dict[str, Any]:
@@ -197,10 +192,11 @@ def load_checkpoint(path: str, required: Sequence[str] = ()) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable file: one clear line
-        raise RuntimeError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: cannot read the checkpoint (truncated or not a checkpoint file: "
+                         f"{reason})") from None
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
     missing = [k for k in required if k not in ckpt]
     if missing:
         raise KeyError(f"{path}: checkpoint has no '{missing[0]}' entry (it has: {', '.join(sorted(ckpt))})")
@@ -248,11 +244,46 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _train_step(model: nn.Module, video_list, optimizer: torch.optim.Optimizer, scheduler, *,
+                world_size: int, device_type: str, clip_grad_l2norm: float, amp: Optional[str],
+                scaler: Optional[torch.amp.GradScaler], model_ema: Optional[ModelEma]) -> torch.Tensor:
+    """One iteration (spec D.5); returns the detached ``[cls_loss, reg_loss, final_loss]`` (3,)."""
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device_type, amp):
+        losses = model(video_list)
+    loss = losses["final_loss"] * world_size if world_size > 1 else losses["final_loss"]
+    scaled = scaler is not None and scaler.is_enabled()
+    if scaled:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip_grad_l2norm > 0.0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_l2norm)
+    if scaled:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    if model_ema is not None:
+        model_ema.update(_unwrap(model))
+    return torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
+
+
+def _log_scalars(tb_writer, meters: Dict[str, AverageMeter], lr: float, step: int) -> None:
+    """The reference's TensorBoard scalars of one print interval."""
+    tb_writer.add_scalar("train/learning_rate", lr, step)
+    tb_writer.add_scalars("train/all_losses", {k: meters[k].val for k in LOSS_KEYS[:2]}, step)
+    tb_writer.add_scalar("train/final_loss", meters["final_loss"].val, step)
+
+
 def train_one_epoch(train_loader, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     curr_epoch: int, model_ema: Optional[ModelEma] = None, clip_grad_l2norm: float = -1,
                     tb_writer=None, print_freq: int = 20, *, amp: Optional[str] = None,
                     scaler: Optional[torch.amp.GradScaler] = None,
-                    max_epochs: Optional[int] = None) -> List[Dict[str, float]]:
+                    max_epochs: Optional[int] = None, position: Optional[List[int]] = None
+                    ) -> List[Dict[str, float]]:
     """Train one epoch; returns the per-iteration losses ``[{cls_loss, reg_loss, final_loss}, ...]``.
 
     Per iteration (spec D.5): zero grads -> forward (under autocast when ``amp``) -> backward ->
@@ -260,9 +291,11 @@ def train_one_epoch(train_loader, model: nn.Module, optimizer: torch.optim.Optim
     Under DDP the loss is multiplied by the world size before backward, so that DDP's gradient
     *mean* becomes the gradient of the global-batch loss (the model sums positives over ranks
     for its normaliser); reported losses are summed over ranks, i.e. they equal the loss a single
-    process computes on the global batch. Every ``print_freq`` iterations: progress-bar update
-    and TensorBoard scalars ``train/learning_rate``, ``train/all_losses``, ``train/final_loss``
-    at ``global_step = curr_epoch * iterations + iteration``.
+    process computes on the global batch. Every ``print_freq`` iterations except iteration 0 (as
+    the reference): a status line and the TensorBoard scalars ``train/learning_rate``,
+    ``train/all_losses``, ``train/final_loss`` at ``global_step = curr_epoch * iterations + iteration``.
+    ``position``, when given, is set to ``[epoch, iteration]`` before each iteration (to report
+    where an interruption happened).
     """
     model.train()
     num_iters = len(train_loader)
@@ -271,56 +304,55 @@ def train_one_epoch(train_loader, model: nn.Module, optimizer: torch.optim.Optim
     meters = {k: AverageMeter() for k in LOSS_KEYS}
     history: List[Dict[str, float]] = []
     pending: List[torch.Tensor] = []
-    bar = tqdm(total=num_iters, desc=f"Epoch {curr_epoch + 1}" + (f"/{max_epochs}" if max_epochs else ""),
-               dynamic_ncols=True, disable=not du.is_main_process(), leave=True)
-    start = time.time()
-    for iter_idx, video_list in enumerate(train_loader):
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device_type, amp):
-            losses = model(video_list)
-        loss = losses["final_loss"] * world_size if world_size > 1 else losses["final_loss"]
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if clip_grad_l2norm > 0.0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_l2norm)
-        if scaler is not None and scaler.is_enabled():
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        if model_ema is not None:
-            model_ema.update(_unwrap(model))
-        pending.append(torch.stack([losses[k].detach().float() for k in LOSS_KEYS]))
-        bar.update(1)
-        last = iter_idx == num_iters - 1
-        if iter_idx % print_freq == 0 or last:
+    desc = f"Epoch {curr_epoch + 1}" + (f"/{max_epochs}" if max_epochs else "")
+    progress = Progress(num_iters, desc, enabled=du.is_main_process())
+    try:
+        start = time.time()
+        for iter_idx, video_list in enumerate(train_loader):
+            if position is not None:
+                position[:] = [curr_epoch, iter_idx]
+            pending.append(_train_step(model, video_list, optimizer, scheduler, world_size=world_size,
+                                       device_type=device_type, clip_grad_l2norm=clip_grad_l2norm, amp=amp,
+                                       scaler=scaler, model_ema=model_ema))
+            progress.update(1)
+            if iter_idx % print_freq != 0 and iter_idx != num_iters - 1:
+                continue
             # one collective + one sync per print_freq iterations, not per iteration
-            block = du.all_reduce_sum(torch.stack(pending)).cpu().tolist()
-            pending.clear()
-            for values in block:
+            for values in du.all_reduce_sum(torch.stack(pending)).cpu().tolist():
                 history.append(dict(zip(LOSS_KEYS, values)))
                 for k, v in zip(LOSS_KEYS, values):
                     meters[k].update(v)
+            pending.clear()
+            if iter_idx == 0 or iter_idx % print_freq != 0:
+                continue
             lr = scheduler.get_last_lr()[0]
-            step = curr_epoch * num_iters + iter_idx
-            if tb_writer is not None and iter_idx % print_freq == 0:
-                tb_writer.add_scalar("train/learning_rate", lr, step)
-                tb_writer.add_scalars("train/all_losses", {k: meters[k].val for k in LOSS_KEYS[:2]}, step)
-                tb_writer.add_scalar("train/final_loss", meters["final_loss"].val, step)
-            per_iter = (time.time() - start) / (iter_idx + 1)
+            if tb_writer is not None:
+                _log_scalars(tb_writer, meters, lr, curr_epoch * num_iters + iter_idx)
             left = num_iters - iter_idx - 1 + ((max_epochs or curr_epoch + 1) - curr_epoch - 1) * num_iters
-            bar.set_postfix_str(f"loss {meters['final_loss'].val:.4f} (cls {meters['cls_loss'].val:.4f} "
-                                f"reg {meters['reg_loss'].val:.4f}) lr {lr:.2e} run ETA {_format_eta(per_iter * left)}",
-                                refresh=False)
-    bar.close()
+            eta = _format_eta((time.time() - start) / (iter_idx + 1) * left)
+            progress.line(f"[{iter_idx:d}/{num_iters:d}] loss {meters['final_loss'].val:.4f} "
+                          f"(cls {meters['cls_loss'].val:.4f} reg {meters['reg_loss'].val:.4f}) "
+                          f"lr {lr:.2e} run ETA {eta}")
+    finally:
+        progress.close()
     if du.is_main_process():
         print(f"[Train]: Epoch {curr_epoch + 1} finished in {time.time() - start:.1f} s, "
               f"mean loss {meters['final_loss'].avg:.4f}, lr={scheduler.get_last_lr()[0]:.8f}", flush=True)
     return history
+
+
+def _collect(outputs, vids, starts, ends, labels, scores) -> None:
+    """Append one batch of model outputs to the per-field lists (videos without predictions skipped)."""
+    for out in outputs:
+        num = out["segments"].shape[0]
+        if num == 0:
+            continue
+        vids.extend([out["video_id"]] * num)
+        segs = out["segments"].detach().float().cpu()
+        starts.append(segs[:, 0])
+        ends.append(segs[:, 1])
+        labels.append(out["labels"].detach().cpu())
+        scores.append(out["scores"].detach().float().cpu())
 
 
 @torch.no_grad()
@@ -335,19 +367,15 @@ def inference(val_loader, model: nn.Module, amp: Optional[str] = None) -> Dict[s
     device_type = next(model.parameters()).device.type
     vids: List[str] = []
     starts, ends, labels, scores = [], [], [], []
-    for video_list in tqdm(val_loader, desc="Inference", dynamic_ncols=True, disable=not du.is_main_process()):
-        with _autocast(device_type, amp):
-            outputs = model(video_list)
-        for out in outputs:
-            num = out["segments"].shape[0]
-            if num == 0:
-                continue
-            vids.extend([out["video_id"]] * num)
-            segs = out["segments"].detach().float().cpu()
-            starts.append(segs[:, 0])
-            ends.append(segs[:, 1])
-            labels.append(out["labels"].detach().cpu())
-            scores.append(out["scores"].detach().float().cpu())
+    progress = Progress(len(val_loader), "Inference", enabled=du.is_main_process())
+    try:
+        for video_list in val_loader:
+            with _autocast(device_type, amp):
+                outputs = model(video_list)
+            _collect(outputs, vids, starts, ends, labels, scores)
+            progress.update(1)
+    finally:
+        progress.close()
 
     def cat(parts, dtype):
         return torch.cat(parts).numpy().astype(dtype) if parts else np.zeros(0, dtype=dtype)
@@ -357,13 +385,14 @@ def inference(val_loader, model: nn.Module, amp: Optional[str] = None) -> Dict[s
 
 
 def valid_one_epoch(val_loader, model: nn.Module, curr_epoch: int, ext_score_file: Optional[str] = None,
-                    evaluator=None, output_file: Optional[str] = None, tb_writer=None, print_freq: int = 20,
-                    *, amp: Optional[str] = None) -> float:
+                    evaluator=None, output_file: Optional[str] = None, tb_writer=None,
+                    *, amp: Optional[str] = None, global_step: Optional[int] = None) -> float:
     """Inference, then either evaluation (average mAP returned, logged as ``validation/mAP``) or,
     with ``output_file`` and no evaluator, pickling the predictions (returns 0.0).
 
     Score fusion with ``ext_score_file`` (spec E.6) is applied only before evaluation.
-    ``print_freq`` is kept for signature compatibility (a progress bar replaces the prints).
+    TensorBoard: ``validation/mAP`` at ``global_step`` (the training curves' x-axis; default
+    ``curr_epoch``) and ``validation/epoch`` (``curr_epoch + 1``) at the same step.
     """
     if evaluator is None and output_file is None:
         raise ValueError("valid_one_epoch needs an evaluator or an output_file")
@@ -374,9 +403,10 @@ def valid_one_epoch(val_loader, model: nn.Module, curr_epoch: int, ext_score_fil
             results = postprocess_results(results, ext_score_file)
         _, mAP, _ = evaluator.evaluate(results, verbose=True)
     else:
-        with open(output_file, "wb") as fd:
-            pickle.dump(results, fd)
+        write_pickle(results, output_file)
         mAP = 0.0
     if tb_writer is not None:
-        tb_writer.add_scalar("validation/mAP", mAP, curr_epoch)
+        step = curr_epoch if global_step is None else global_step
+        tb_writer.add_scalar("validation/mAP", mAP, step)
+        tb_writer.add_scalar("validation/epoch", curr_epoch + 1, step)
     return float(mAP)
