@@ -56,3 +56,14 @@ def test_evaluator_leaves_out_ground_truth_and_predictions(tmp_path):
     fair = ANETdetection(gt, "test", tiou_thresholds=[0.5], top_k=(1,), exclude_videos=["bad"])
     assert fair.video_ids == ["v1"]
     np.testing.assert_allclose(fair.evaluate(preds, verbose=False)[0], [1.0])
+
+
+def test_eval_scores_without_the_excluded_videos(thumos):
+    import eval as eval_cli
+    dataset = make_dataset("thumos", False, ["test"], **thumos,
+                           exclude_videos=list(THUMOS14_MISLABELLED_TEST_VIDEOS))
+    results = preds_dict([("video_test_0000004", 1.0, 2.0, 0, 0.9),
+                          ("video_test_0000270", 1.0, 2.0, 0, 0.95)])
+    metrics = eval_cli.score({"test_cfg": {"ext_score_file": None}}, dataset, results)
+    # only video_test_0000004 is scored: its one prediction hits its one action
+    assert metrics["average_mAP"] == pytest.approx(1.0)

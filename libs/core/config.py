@@ -146,6 +146,7 @@ _OPTIONAL_KEYS = {
     "model.assigner.confuse_weight": (int, float),
     "model.fpn_norm": (str, type(None)),          # TemporalMaxerArchitecture's neck only
     # --- end TemporalMaxer ---
+    "dataset.backbone_type": (str,),   # HACS (TriDet's configs): feature type i3d | slowfast | tsp
 }
 # Derived keys (present in a saved resolved config); recomputed on every load.
 _DERIVED_KEYS = ("model.input_dim", "model.num_classes", "model.max_seq_len",
@@ -182,6 +183,7 @@ _CHOICES = {
     "opt.schedule_type": ("cosine", "multistep"),
     "amp": (None, "bf16", "fp16"),
     "model.fpn_norm": ("groupnorm", "layernorm", None),
+    "dataset.backbone_type": ("i3d", "slowfast", "tsp"),
 }
 
 
@@ -319,6 +321,8 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
     num_levels = arch[-1] + 1
     if "fpn_norm" in model and cfg["model_name"] != "TemporalMaxerArchitecture":
         errors.append("model.fpn_norm: only TemporalMaxerArchitecture has this key")
+    if "backbone_type" in data and cfg["dataset_name"] != "hacs":
+        errors.append("dataset.backbone_type: only the hacs data set has this key")
     wins = model["n_mha_win_size"]
     if isinstance(wins, list):
         if len(wins) != num_levels:

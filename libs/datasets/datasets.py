@@ -76,6 +76,7 @@ class ActionDataset(Dataset):
     exact_num_classes = True        # False: the JSON may use fewer than num_classes classes
     report_empty_classes = False    # fill get_attributes()['empty_label_ids'] (spec B.6)
     requires_duration = False       # False: a missing duration means 1e8 s
+    widen_truncation = True         # training crops clip actions to the window ± feat_offset
 
     def __init__(self, is_training: bool, split: Sequence[str], *, json_file: str,
                  feat_folder: Union[str, Sequence[str]], feat_stride: int, num_frames: int,
@@ -104,7 +105,7 @@ class ActionDataset(Dataset):
         self.num_classes = num_classes
         self.force_upsampling = force_upsampling
         self.exclude_videos = frozenset(exclude_videos)
-        self.reader = FeatureReader(feat_folder, file_prefix, file_ext, input_dim)
+        self.reader = self._feature_reader(feat_folder, file_prefix, file_ext, input_dim)
 
         report = ProblemReport(json_file)
         database = self._load_database(json_file)
@@ -285,6 +286,11 @@ class ActionDataset(Dataset):
         return [c for c in range(self.num_classes) if c not in used]
 
     # ------------------------------------------------------------------ hooks
+    def _feature_reader(self, feat_folder: Union[str, Sequence[str]], file_prefix: Optional[str],
+                        file_ext: Optional[str], input_dim: Union[int, Sequence[int]]) -> FeatureReader:
+        """The reader of the feature files; default: :class:`FeatureReader` on these settings."""
+        return FeatureReader(feat_folder, file_prefix, file_ext, input_dim)
+
     def _select_annotations(self, vid: str, acts: List[dict], report: ProblemReport) -> List[dict]:
         """Filter the (well-formed) annotations of one video; default: keep all."""
         return acts
@@ -332,7 +338,8 @@ class ActionDataset(Dataset):
                 "feat_num_frames": num_frames}  # frames
         item.update(self._extra_fields(video))
         if self.is_training and segments is not None:
-            item = truncate_feats(item, self.max_seq_len, self.trunc_thresh, feat_offset, self.crop_ratio)
+            offset = feat_offset if self.widen_truncation else 0.0
+            item = truncate_feats(item, self.max_seq_len, self.trunc_thresh, offset, self.crop_ratio)
         return item
 
     def get_attributes(self) -> Dict[str, Any]:
