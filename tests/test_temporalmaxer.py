@@ -10,6 +10,7 @@ from libs.modeling import make_meta_arch
 from libs.modeling.assigner import assign_points, simota_assign
 from libs.modeling.blocks import reference_formulation
 from libs.modeling.temporalmaxer import ConvPoolerBackbone, TemporalMaxerBlock
+from tests.test_modeling_model import _thumos_keys
 
 TMX_THUMOS = "configs/temporalmaxer/temporalmaxer_thumos_i3d.yaml"
 SMALL = ["dataset.input_dim=16", "model.embd_dim=8", "model.fpn_dim=8", "model.head_dim=8",
@@ -128,20 +129,12 @@ def test_simota_without_actions():
 # ------------------------------------------------------------------------------------------
 # Config, checkpoint layout, size
 # ------------------------------------------------------------------------------------------
-def _tmx_keys(E=512, D=2048, C=20, levels=6):
-    """TemporalMaxer's THUMOS state_dict as its code builds it: embedding convs and LayerNorms,
-    no parameters in the pooling levels or the GroupNorm neck, ActionFormer's heads."""
-    ln = lambda p: [(f"{p}.weight", (1, E, 1)), (f"{p}.bias", (1, E, 1))]  # noqa: E731
-    keys = [(f"backbone.embd.{i}.conv.weight", (E, D if i == 0 else E, 3)) for i in range(2)]
-    keys += ln("backbone.embd_norm.0") + ln("backbone.embd_norm.1")
-    for head in ("cls_head", "reg_head"):
-        keys += [(f"{head}.head.{i}.conv.weight", (E, E, 3)) for i in range(2)]
-        keys += ln(f"{head}.norm.0") + ln(f"{head}.norm.1")
-        if head == "cls_head":
-            keys += [("cls_head.cls_head.conv.weight", (C, E, 3)), ("cls_head.cls_head.conv.bias", (C,))]
-    keys += [(f"reg_head.scale.{level}.scale", ()) for level in range(levels)]
-    keys += [("reg_head.offset_head.conv.weight", (2, E, 3)), ("reg_head.offset_head.conv.bias", (2,))]
-    return keys
+def _tmx_keys():
+    """TemporalMaxer's THUMOS state_dict as its code builds it: ActionFormer's THUMOS keys
+    without the Transformer blocks (no parameters in the pooling levels) and without the neck's
+    LayerNorms (its GroupNorm has no affine parameters)."""
+    return [(k, shape) for k, shape in _thumos_keys()
+            if not k.startswith(("backbone.stem.", "backbone.branch.", "neck."))]
 
 
 def test_thumos_config_state_dict_parameters_and_macs():
