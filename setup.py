@@ -1,7 +1,8 @@
 """Install the ``libs`` package and, when a C++ compiler is present, the NMS extension.
 
-The extension is optional: with no compiler, or when the build fails, the install still
-succeeds and ``libs.utils.nms`` falls back to its pure-PyTorch implementation.
+The extension is optional: with no compiler, or when the build fails (or is skipped, as in an
+isolated build), the install still succeeds; ``libs.utils.nms`` then compiles it on first use
+when a compiler exists (``libs/utils/cpp_build.py``), else uses its pure-PyTorch NMS.
 Build against the torch already installed: ``pip install --no-build-isolation -e .``
 """
 import os
@@ -12,6 +13,10 @@ from setuptools.command.build_ext import build_ext
 
 EXT_NAME = "libs.utils._nms_cpp"
 EXT_SOURCE = "libs/utils/csrc/nms_cpu.cpp"
+
+
+_FIRST_USE = ("It is compiled on first use when a compiler exists, else the PyTorch NMS is used "
+              "(see INSTALL.md).")
 
 
 def _banner(msg: str) -> None:
@@ -27,25 +32,27 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # noqa: BLE001 - any build failure must not block the install
             _banner(f"NOTE: the C++ NMS extension was not built ({exc}).\n"
-                    "The pure-PyTorch NMS will be used (same results, slower). See INSTALL.md.")
+                    _FIRST_USE)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
             _banner(f"NOTE: the C++ NMS extension failed to compile ({exc}).\n"
-                    "The pure-PyTorch NMS will be used (same results, slower). See INSTALL.md.")
+                    _FIRST_USE)
 
 
 def _extensions():
     if os.environ.get("ACTIONFORMER_NO_EXT") == "1":
-        _banner("ACTIONFORMER_NO_EXT=1: skipping the C++ NMS extension; the PyTorch NMS will be used.")
+        _banner("ACTIONFORMER_NO_EXT=1: skipping the C++ NMS extension at install time.")
         return [], {}
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
-        _banner("NOTE: torch is not importable at build time, so the C++ NMS extension was skipped.\n"
-                "Install torch first, then `pip install --no-build-isolation -e .` to build it.")
+        _banner("NOTE: torch is not importable at build time, so the C++ NMS extension was "
+                "skipped.\n"
+                "It is compiled on first use instead (see INSTALL.md), or install torch first and\n"
+                "run `pip install --no-build-isolation -e .` to build it now.")
         return [], {}
 
     class OptionalTorchBuildExt(BuildExtension, OptionalBuildExt):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from libs.core import load_config
+from libs.core.config import config_from_dict
 from libs.modeling import make_meta_arch
 from tools.model_summary import block_name, main, model_summary
 
@@ -14,14 +15,12 @@ E, D, C, H = 16, 8, 3, 2
 
 def tiny_model(windows):
     """3 levels (strides 1, 2, 4), one stem block, two branch blocks."""
-    cfg = {"backbone_type": "convTransformer", "fpn_type": "identity", "backbone_arch": (2, 1, 2),
-           "scale_factor": 2, "input_dim": D, "max_seq_len": 64, "max_buffer_len_factor": 1.0,
-           "n_head": H, "n_mha_win_size": windows, "embd_kernel_size": 3, "embd_dim": E,
-           "embd_with_ln": True, "fpn_dim": E, "fpn_with_ln": True, "fpn_start_level": 0,
-           "head_dim": E, "regression_range": [[0, 4], [4, 8], [8, 10000]], "head_num_layers": 3,
-           "head_kernel_size": 3, "head_with_ln": True, "use_abs_pe": False, "use_rel_pe": False,
-           "num_classes": C, "train_cfg": {}, "test_cfg": {}}
-    return make_meta_arch("LocPointTransformer", **cfg)
+    cfg = config_from_dict({
+        "dataset": {"input_dim": D, "num_classes": C, "max_seq_len": 64},
+        "model": {"backbone_arch": [2, 1, 2], "n_head": H, "n_mha_win_size": windows,
+                  "embd_dim": E, "fpn_dim": E, "head_dim": E,
+                  "regression_range": [[0, 4], [4, 8], [8, 10000]]}})
+    return make_meta_arch(cfg["model_name"], **cfg["model"])
 
 
 def block_macs(T, keys):

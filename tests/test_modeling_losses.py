@@ -1,5 +1,6 @@
 """Label assignment (spec D.1), focal and DIoU losses and the loss normaliser (spec D.2)."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ STRIDES = [1, 2, 4, 8, 16, 32]
 
 
 def _points(length=64):
-    gen = PointGenerator(STRIDES, THUMOS_RANGES)
+    gen = PointGenerator(2304 * 6.0, STRIDES, THUMOS_RANGES)
     return torch.cat(gen([torch.zeros(1, 1, length // s) for s in STRIDES]))
 
 
@@ -28,10 +29,28 @@ def _positives(cls_targets, reg_targets, points):
 
 
 def test_point_generator_rows():
-    points = PointGenerator([1, 4], [(0, 4), (4, 10000)])([torch.zeros(1, 1, 8),
-                                                            torch.zeros(1, 1, 2)])
+    points = PointGenerator(None, [1, 4], [(0, 4), (4, 10000)])([torch.zeros(1, 1, 8),
+                                                                  torch.zeros(1, 1, 2)])
     assert points[0][:, 0].tolist() == list(range(8))
     assert points[1].tolist() == [[0.0, 4.0, 10000.0, 4.0], [4.0, 4.0, 10000.0, 4.0]]
+
+
+def test_the_reference_point_buffer_only_warns_once():
+    """The reference buffers ceil(L / s) points per level (L = max_seq_len ×
+    max_buffer_len_factor) and stops beyond; here a longer input gets its points and one
+    warning."""
+    gen = PointGenerator(100.0, [1, 2, 4, 8], [(0, 4), (4, 8), (8, 16), (16, 10000)])
+    assert not gen.beyond_reference_buffer([100, 50, 25, 13])   # ceil(100 / 8) = 13 rows
+    assert gen.beyond_reference_buffer([100, 50, 25, 14])
+    assert gen.beyond_reference_buffer([101, 51, 26, 13])
+    assert not PointGenerator(None, [1], [(0, 4)]).beyond_reference_buffer([10 ** 6])
+    feats = [torch.zeros(1, 1, 128 // s) for s in (1, 2, 4, 8)]
+    with pytest.warns(UserWarning, match=r"input of 128 steps.*= 100\).*max_buffer_len_factor"):
+        points = gen(feats)
+    assert points[3][:, 0].tolist() == [8.0 * i for i in range(16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gen(feats)                                                 # once only
 
 
 def test_assignment_worked_example_of_the_spec():
@@ -104,16 +123,14 @@ def test_diou_loss_known_values():
 # The model's loss: normaliser EMA, label smoothing, loss weight (spec D.2)
 # ------------------------------------------------------------------------------------------
 def _tiny_model(**train_overrides):
-    from libs.core.config import DEFAULTS
+    from libs.core.config import config_from_dict
     from libs.modeling import make_meta_arch
-    model_cfg = dict(DEFAULTS["model"])
-    model_cfg.update(input_dim=4, num_classes=3, max_seq_len=32, n_mha_win_size=3, embd_dim=8,
-                     fpn_dim=8, head_dim=8, backbone_arch=(1, 1, 1),
-                     regression_range=[(0, 4), (4, 10000)],
-                     train_cfg={**DEFAULTS["train_cfg"], "init_loss_norm": 100,
-                                **train_overrides},
-                     test_cfg=dict(DEFAULTS["test_cfg"]))
-    return make_meta_arch("LocPointTransformer", **model_cfg).train()
+    cfg = config_from_dict({
+        "dataset": {"input_dim": 4, "num_classes": 3, "max_seq_len": 32},
+        "model": {"n_mha_win_size": 3, "embd_dim": 8, "fpn_dim": 8, "head_dim": 8,
+                  "backbone_arch": [1, 1, 1], "regression_range": [[0, 4], [4, 10000]]},
+        "train_cfg": {"init_loss_norm": 100, **train_overrides}})
+    return make_meta_arch(cfg["model_name"], **cfg["model"]).train()
 
 
 def _zero_outputs(model, video_list, offsets_value=1.0):

@@ -1,12 +1,12 @@
 """The detector: checkpoint layout (spec C.1, C.12), padding / batching (C.2, C.11), bad input,
 long videos, and a tiny model that must learn one video."""
-import copy
+import warnings
 
 import pytest
 import torch
 
 from libs.core import load_config
-from libs.core.config import DEFAULTS
+from libs.core.config import ConfigError, config_from_dict
 from libs.modeling import make_meta_arch
 from libs.modeling.blocks import (chunked_inference_applies, inference_chunk_steps,
                                   reference_formulation)
@@ -84,9 +84,17 @@ def test_optional_parameters_follow_the_switches():
     assert "backbone.pos_embd" not in keys                 # buffers are not checkpointed
 
 
-def test_unknown_keys_are_ignored_in_train_and_test_cfg_only():
-    _tiny_model(train_cfg={"some_new_switch": 1}, test_cfg={"another_one": "x"})
-    with pytest.raises(TypeError, match="unexpected keyword argument 'n_heads'"):
+def test_the_config_module_is_the_single_source_of_defaults_and_checks():
+    """The model takes the config's sections as they are: the project's extra keys come from
+    the config's defaults, and bad values are the config's errors, before any model exists."""
+    model = _tiny_model()
+    assert model.test_cfg["tight_padding"] is False and model.train_cfg["dropout"] == 0.0
+    for bad, pattern in (({"train_cfg": {"center_sample": "box"}}, "train_cfg.center_sample"),
+                         ({"test_cfg": {"nms_method": "fast"}}, "test_cfg.nms_method"),
+                         ({"regression_range": [[0, 4]]}, "model.regression_range")):
+        with pytest.raises(ConfigError, match=pattern):
+            _tiny_model(**bad)
+    with pytest.raises(ConfigError, match="did you mean model.n_head"):
         _tiny_model(n_heads=4)
 
 
@@ -131,15 +139,18 @@ def test_empty_classes_get_a_very_negative_bias():
 # A tiny model: 4 levels (strides 1, 2, 4, 8), window 5 -> max_div_factor 32, max_seq_len 64
 # ------------------------------------------------------------------------------------------
 def _tiny_model(train_cfg=None, test_cfg=None, seed=0, perturb=True, **model_overrides):
+    """The tiny detector, its config made by the config module (defaults and checks) like every
+    caller of ``make_meta_arch``; ``input_dim`` / ``num_classes`` / ``max_seq_len`` overrides go
+    to the dataset section, from which the model section takes them."""
+    dataset = {"input_dim": 6, "num_classes": 3, "max_seq_len": 64}
+    dataset.update({k: model_overrides.pop(k) for k in list(model_overrides) if k in dataset})
+    model = {"n_mha_win_size": 5, "n_head": 2, "embd_dim": 16, "fpn_dim": 16, "head_dim": 16,
+             "backbone_arch": [2, 2, 3],
+             "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]], **model_overrides}
+    cfg = config_from_dict({"dataset": dataset, "model": model, "train_cfg": train_cfg or {},
+                            "test_cfg": test_cfg or {}})
     torch.manual_seed(seed)
-    cfg = copy.deepcopy(DEFAULTS["model"])
-    cfg.update(input_dim=6, num_classes=3, max_seq_len=64, n_mha_win_size=5, n_head=2,
-               embd_dim=16, fpn_dim=16, head_dim=16, backbone_arch=(2, 2, 3),
-               regression_range=[(0, 4), (4, 8), (8, 16), (16, 10000)],
-               train_cfg={**DEFAULTS["train_cfg"], **(train_cfg or {})},
-               test_cfg={**DEFAULTS["test_cfg"], **(test_cfg or {})})
-    cfg.update(model_overrides)
-    model = make_meta_arch("LocPointTransformer", **cfg)
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
     if perturb:   # non-trivial LayerNorm biases etc., so that padding effects are visible
         with torch.no_grad():
             for p in model.parameters():
@@ -288,13 +299,19 @@ def test_reference_padding_lengths_and_the_tight_switch():
 
 def test_inference_has_no_length_cap():
     """The reference's point buffer (max_seq_len × max_buffer_len_factor = 64 here) would
-    refuse a 300-step video."""
+    refuse a 300-step video: here it runs, with a one-time warning; with the default factor 6
+    (buffer 384) there is none."""
     model = _tiny_model(max_buffer_len_factor=1.0, test_cfg={"nms_method": "none"}).eval()
     item = _item("long", 300, seed=5)
-    _, out = _run(model, [item])
+    with pytest.warns(UserWarning, match="max_buffer_len_factor"):
+        _, out = _run(model, [item])
     assert [c.shape[-1] for c in out["cls"]] == [320, 160, 80, 40]
     points = model.point_generator(out["cls"])
     assert torch.equal(points[3][:, 0], torch.arange(40.0) * 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(model, [item])                                            # warned once
+        _run(_tiny_model(test_cfg={"nms_method": "none"}).eval(), [item])
 
 
 def test_training_pads_to_max_seq_len_and_rejects_longer_videos():

@@ -2,6 +2,7 @@
 the plain definition, and C++ == PyTorch on thousands of random cases."""
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -350,3 +351,132 @@ def test_cpp_backend_requested_without_extension(monkeypatch):
         hard_nms_grouped(t([[0, 1]]), t([0.5]), one_group(1), 0.5, backend="cpp")
     with pytest.raises(ValueError, match="backend"):
         hard_nms_grouped(t([[0, 1]]), t([0.5]), one_group(1), 0.5, backend="gpu")
+
+
+# ------------------------------------------------------------------------------------------
+# The position-free loop, early stopping, and the extension compiled on first use
+# ------------------------------------------------------------------------------------------
+def packed_groups(segs, scores, offsets):
+    sizes, width, group, col = nms_module._pad_groups(offsets, segs.device)
+    return nms_module._pack(segs, scores, group, col, sizes.numel(), width), width
+
+
+PARAMS = [("gaussian", 0.3, 0.5, 0.001), ("gaussian", 0.3, 0.9, 0.05), ("linear", 0.3, 0.5, 0.0),
+          ("linear", 0.5, 0.5, 0.01), ("hard", 0.4, 0.5, 0.05)]
+
+
+@pytest.mark.parametrize("method, thr, sigma, min_score", PARAMS)
+def test_position_free_loop_equals_positional_loop(method, thr, sigma, min_score):
+    # random groups, a third with quantised segments and scores (ties), some all equal
+    segs, scores, offsets = random_groups(7, 300, 25)
+    packed, width = packed_groups(segs, scores, offsets)
+    params = nms_module._SoftParams(nms_module._f32(thr), nms_module._f32(sigma),
+                                    nms_module._f32(min_score), nms_module.SOFT_NMS_METHODS[method])
+    cols, sel, counts, tied = nms_module._soft_nms_unordered(packed, params, width)
+    ref_cols, ref_sel, ref_counts = nms_module._soft_nms_positional(packed, params, width)
+    untied = ~tied
+    assert tied.any() and untied.sum() > 150          # both kinds occur
+    assert torch.equal(counts[untied], ref_counts[untied])
+    for g in untied.nonzero().squeeze(1).tolist():
+        k = int(counts[g])
+        assert torch.equal(cols[g, :k], ref_cols[g, :k])
+        assert torch.equal(sel[g, :k], ref_sel[g, :k])
+    # a group of distinct scores is never reported tied
+    distinct = torch.tensor([len(set(scores[int(offsets[g]):int(offsets[g + 1])].tolist()))
+                             == int(offsets[g + 1] - offsets[g]) for g in range(300)])
+    quantised = torch.arange(300) % 3 == 0
+    assert not tied[distinct & ~quantised & (torch.arange(300) % 7 != 0)].any()
+
+
+@pytest.mark.parametrize("method, thr, sigma, min_score", PARAMS)
+def test_early_stop_keeps_a_prefix_above_everything_left_out(method, thr, sigma, min_score):
+    segs, scores, offsets = random_groups(8, 40, 60)
+    args = (segs, scores, offsets, thr, sigma, min_score, method)
+    full = soft_nms_grouped(*args, backend="torch")
+    for top_total, cap in ((10, None), (50, 30), (400, 5)):
+        part = soft_nms_grouped(*args, backend="torch", max_outputs=cap, top_total=top_total)
+        limit = full[2] if cap is None else full[2].clamp(max=cap)
+        assert (part[2] <= limit).all()
+        rows = valid_rows(offsets, part[2])
+        assert torch.equal(part[1][rows], full[1][rows])
+        assert torch.equal(part[0][rows], full[0][rows])
+        left_out = torch.ones(len(scores), dtype=torch.bool)
+        left_out[rows] = False
+        left_out &= torch.zeros_like(left_out).index_fill_(0, valid_rows(offsets, limit), True)
+        kept = part[0][rows, 2]
+        if kept.numel() >= top_total:
+            kth = kept.topk(top_total).values[-1]
+            assert (full[0][left_out, 2] < kth).all()
+        else:
+            assert not left_out.any()
+
+
+def test_max_outputs_caps_both_backends():
+    segs, scores, offsets = random_groups(9, 30, 40)
+    for backend in BACKENDS:
+        full = soft_nms_grouped(segs, scores, offsets, 0.3, 0.5, 0.001, backend=backend)
+        capped = soft_nms_grouped(segs, scores, offsets, 0.3, 0.5, 0.001, backend=backend,
+                                  max_outputs=3)
+        assert torch.equal(capped[2], full[2].clamp(max=3))
+        rows = valid_rows(offsets, capped[2])
+        assert torch.equal(capped[1][rows], full[1][rows])
+
+
+def test_batched_nms_early_stop_matches_full_computation():
+    # many classes, few kept overall: the PyTorch loop stops early; equal scores force the
+    # full recomputation (the final sort orders ties by its input)
+    gen = torch.Generator().manual_seed(11)
+    n = 1200
+    start = torch.rand(n, generator=gen) * 1000
+    segs = torch.stack([start, start + torch.rand(n, generator=gen) * 80 + 1], 1)
+    labels = (torch.rand(n, generator=gen) ** 3 * 12).long()
+    for scores in (torch.rand(n, generator=gen) ** 2,
+                   (torch.rand(n, generator=gen) * 50).round() / 50 + 0.01):
+        naive_kept = []
+        for c in range(12):
+            sel = (labels == c).nonzero().squeeze(1)
+            dets, inds = naive_soft_nms(segs[sel].tolist(), scores[sel].tolist(), 0.1, 0.5,
+                                        0.001, "gaussian")
+            naive_kept += [float(d[2]) for d in dets[:60]]
+        best = sorted(naive_kept, reverse=True)[:60]
+        outs = [batched_nms(segs, scores, labels, 0.1, 0.001, 60, backend=b) for b in BACKENDS]
+        for out in outs:
+            np.testing.assert_allclose(out[1].numpy(), best, rtol=0, atol=1e-6)
+            assert torch.equal(out[2], outs[0][2]) and torch.equal(out[0], outs[0][0])
+
+
+def test_extension_loading_order(monkeypatch):
+    built = object()
+    monkeypatch.setattr(nms_module, "load_or_build", lambda: built)
+    monkeypatch.setitem(sys.modules, "libs.utils._nms_cpp", None)    # no in-place build
+    monkeypatch.delattr(sys.modules["libs.utils"], "_nms_cpp", raising=False)
+    monkeypatch.delenv("ACTIONFORMER_DISABLE_CPP_NMS", raising=False)
+    assert nms_module._load_extension() is built
+    monkeypatch.setattr(nms_module, "load_or_build", lambda: None)   # no compiler
+    assert nms_module._load_extension() is None
+    assert "no C++ compiler" in nms_module._ext_problem
+    monkeypatch.setenv("ACTIONFORMER_DISABLE_CPP_NMS", "1")
+    monkeypatch.setattr(nms_module, "load_or_build", lambda: pytest.fail("must not build"))
+    assert nms_module._load_extension() is None
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
+                    reason="no C++ compiler")
+def test_extension_compiled_on_first_use(tmp_path):
+    # ~30-60 s: compiles the extension into an empty cache, then loads it from there
+    code = ("import sys, torch\n"
+            "from libs.utils import cpp_build\n"
+            "ext = cpp_build.load_or_build()\n"
+            "segs = torch.tensor([[0., 10.], [1., 11.], [20., 30.]])\n"
+            "dets, inds, counts = ext.nms_soft_grouped(segs, torch.tensor([.9, .8, .7]),\n"
+            "                                          torch.tensor([0, 3]), .3, .5, .001, 2)\n"
+            "print(inds.tolist(), counts.tolist(), cpp_build.jit_extension_path())\n")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=900) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
+    assert "compiling the C++ NMS extension once" in runs[0].stderr
+    assert "compiling" not in runs[1].stderr                       # loaded from the cache
+    path = runs[1].stdout.split()[-1]
+    assert runs[1].stdout.startswith("[0, 2, 1] [3] ") and path.startswith(str(tmp_path))
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]   # no leftovers

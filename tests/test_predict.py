@@ -12,6 +12,7 @@ import yaml
 
 import eval as eval_script
 from libs.core import load_config
+from libs.core.config import config_from_dict
 from libs.datasets import make_dataset
 from libs.modeling import make_meta_arch
 from libs.datasets.feature_io import FeatureFile, find_feature_files, open_features
@@ -305,16 +306,14 @@ def test_windows_of_a_long_video_find_the_planted_actions():
     1,500 steps (several near window cuts) and process it in windows of 128 steps."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = {"backbone_type": "convTransformer", "fpn_type": "identity", "backbone_arch": (2, 1, 2),
-           "scale_factor": 2, "input_dim": DIM, "max_seq_len": 64, "max_buffer_len_factor": 1.0,
-           "n_head": 2, "n_mha_win_size": 5, "embd_kernel_size": 3, "embd_dim": 16,
-           "embd_with_ln": True, "fpn_dim": 16, "fpn_with_ln": True, "fpn_start_level": 0,
-           "head_dim": 16, "regression_range": [[0, 4], [4, 8], [8, 10000]],
-           "head_num_layers": 3, "head_kernel_size": 3, "head_with_ln": True, "use_abs_pe": False,
-           "use_rel_pe": False, "num_classes": NUM_CLASSES,
-           "train_cfg": {"init_loss_norm": 20, "droppath": 0.0},
-           "test_cfg": {"pre_nms_topk": 500, "max_seg_num": 100, "min_score": 0.001}}
-    model = make_meta_arch("LocPointTransformer", **cfg)
+    cfg = config_from_dict({
+        "dataset": {"input_dim": DIM, "num_classes": NUM_CLASSES, "max_seq_len": 64},
+        "model": {"fpn_type": "identity", "backbone_arch": [2, 1, 2], "n_head": 2,
+                  "n_mha_win_size": 5, "embd_dim": 16, "fpn_dim": 16, "head_dim": 16,
+                  "regression_range": [[0, 4], [4, 8], [8, 10000]]},
+        "train_cfg": {"init_loss_norm": 20, "droppath": 0.0},
+        "test_cfg": {"pre_nms_topk": 500, "max_seg_num": 100, "min_score": 0.001}})
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     for _ in range(80):
         batch = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -47,6 +48,7 @@ from libs.core import load_config  # noqa: E402
 from libs.modeling import make_meta_arch  # noqa: E402
 from libs.modeling.blocks import reference_formulation  # noqa: E402
 from libs.utils.cpu_memory import reuse_freed_memory  # noqa: E402
+from libs.utils.nms import auto_backend, batched_nms, cpp_nms_available  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                       "thumos_i3d.yaml")
@@ -151,6 +153,57 @@ def forward_flops_per_video(length: int, config: str) -> float:
     with torch.device("cpu"):
         model = build_model("cpu", config=config)
     return 2.0 * sum(row["macs"] for row in model_summary(model, length))
+
+
+# ------------------------------------------------------------------------------------------
+# NMS: C++ extension vs PyTorch
+# ------------------------------------------------------------------------------------------
+def nms_candidates(num: int = 2000, num_classes: int = 20, length: int = TRAIN_LENGTH,
+                   seed: int = 0, skewed: bool = False):
+    """Candidates like one video's: clustered around 30 action instances, 2-100 steps long,
+    scores mostly low (uniform cubed); classes uniform or, ``skewed``, mostly the first few."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(30, generator=g) * length
+    mid = centers[torch.randint(0, 30, (num,), generator=g)] + torch.randn(num, generator=g) * 20
+    half = (torch.rand(num, generator=g) * 98 + 2) / 2
+    scores = torch.rand(num, generator=g) ** 3
+    u = torch.rand(num, generator=g)
+    labels = ((u ** 4 if skewed else u) * num_classes).long()
+    return torch.stack([mid - half, mid + half], 1), scores, labels
+
+
+def nms_rows(test_cfg: Dict, repeats: int) -> List[str]:
+    """Markdown rows: soft-NMS time per video, C++ vs PyTorch, on 2,000 candidates."""
+    backends = ("cpp", "torch") if cpp_nms_available() else ("torch",)
+    rows = []
+    for label, multiclass, skewed in (("20 classes, uniform", True, False),
+                                      ("20 classes, 80 % in 3", True, True),
+                                      ("class-agnostic + voting", False, False)):
+        segs, scores, labels = nms_candidates(skewed=skewed)
+        steps = {b: functools.partial(
+            batched_nms, segs, scores, labels, test_cfg["iou_threshold"],
+            test_cfg["min_score"], test_cfg["max_seg_num"], multiclass=multiclass,
+            sigma=test_cfg["nms_sigma"], voting_thresh=test_cfg["voting_thresh"], backend=b)
+            for b in backends}
+        times = round_robin(steps, repeats * 3, "cpu")
+        cells = [f"{statistics.median(times[b]) * 1e3:.2f} ms "
+                 f"({len(scores) / statistics.median(times[b]) / 1e6:.2f} M/s)" for b in backends]
+        ratio = (f"{_paired_speedup(times['torch'], times['cpp']):.2f}x"
+                 if len(backends) == 2 else "n/a")
+        rows.append(f"| soft-NMS, 2,000 candidates, {label} | " + " | ".join(cells)
+                    + (" | " if len(backends) == 2 else " | n/a | ") + ratio + " |")
+    return rows
+
+
+def install_mode_step(model: torch.nn.Module, item: Dict, precision: str, device: str,
+                      backend: str) -> Callable[[], None]:
+    """Inference as it runs with the NMS extension (``cpp``) or without it (``torch``)."""
+    step = inference_step(model, item, "ours", precision, device)
+
+    def run() -> None:
+        with auto_backend(backend):
+            step()
+    return run
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,6 +321,9 @@ def main() -> None:
     item = make_item(TRAIN_LENGTH, 2)
     infer = round_robin({f"{i} {p}": inference_step(model, item, i, p, device)
                          for i, p in configs}, repeats, device)
+    installs = round_robin({f"{p} {b}": install_mode_step(model, item, p, device, b)
+                            for p in PRECISIONS for b in ("cpp", "torch")
+                            if b == "torch" or cpp_nms_available()}, repeats, device)
     del model, optimizer
 
     base_train, base_infer = train["reference fp32"], infer["reference fp32"]
@@ -290,6 +346,16 @@ def main() -> None:
                {k: f"{peak[k.split()[1]] / 1e9:.0f}" for k in columns}))
     print(f"\nmodel FLOPs per training iteration: {flops / 1e9:.0f} G "
           f"(3 × forward, batch {len(batch)})")
+
+    print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
+    print("| | C++ extension | no extension (PyTorch NMS) | slowdown |\n|---|---|---|---|")
+    for prec in PRECISIONS:
+        ext, none = installs.get(f"{prec} cpp"), installs[f"{prec} torch"]
+        print(f"| ours {prec} | {_fmt_times(ext) if ext else 'not built'} | {_fmt_times(none)} | "
+              + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))
+    print("\nNMS per video (CPU, THUMOS test settings), median time (candidates per second)")
+    print("| | C++ extension | PyTorch | PyTorch / C++ (paired median) |\n|---|---|---|---|")
+    print("\n".join(nms_rows(load_config(CONFIG)["test_cfg"], repeats)))
 
     kind = "allocated" if device.startswith("cuda") else "resident"
     lengths = MEMORY_LENGTHS[:2] if args.quick else MEMORY_LENGTHS

@@ -19,8 +19,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "ConfigError", "load_config", "load_default_config",
-           "apply_overrides", "validate_config", "save_config", "max_div_factor"]
+__all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "ConfigError", "load_config", "config_from_dict",
+           "load_default_config", "apply_overrides", "validate_config", "save_config",
+           "max_div_factor"]
 
 # --------------------------------------------------------------------------------------------
 # Defaults: identical in keys and values to the reference (spec G.1).
@@ -66,6 +67,9 @@ DEFAULTS: Dict[str, Any] = {
         "head_kernel_size": 3,
         "head_num_layers": 3,                 # including the final classifier / regressor
         "head_with_ln": True,
+        # Accepted and ignored: the reference sizes its point buffer as max_seq_len × this
+        # factor and stops on longer inputs; here points are made on demand for any length
+        # (the model warns once when an input exceeds what the reference would have taken).
         "max_buffer_len_factor": 6.0,
         "use_abs_pe": False,
         "use_rel_pe": False,
@@ -337,7 +341,7 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
                       f"[min, max] pairs (one per pyramid level), got {len(ranges)}")
     elif any(len(r) != 2 or r[0] > r[1] for r in ranges):
         errors.append(f"model.regression_range: every entry must be [min, max] with min <= max, got {ranges}")
-    if wins is not None and model["backbone_type"] == "convTransformer":
+    if wins is not None:                  # the reference checks this for every backbone
         factor = max_div_factor(model["scale_factor"], num_levels, wins)
         if data["max_seq_len"] % factor:
             errors.append(
@@ -509,7 +513,20 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None,
         cfg = {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{config_file}: expected a mapping of config keys at the top level")
-    cfg = _as_lists(cfg)
+    return config_from_dict(cfg, overrides, defaults, source=config_file)
+
+
+def config_from_dict(cfg: Dict[str, Any], overrides: Optional[Sequence[str]] = None,
+                     defaults: Optional[Dict[str, Any]] = None,
+                     source: str = "config") -> Dict[str, Any]:
+    """:func:`load_config` for a config already in memory (nested dict, as in a YAML file).
+
+    The single place where a config gets its defaults and checks: the model and the other
+    modules take the result as it is. ``cfg`` is not modified; ``source`` prefixes errors.
+    ``config_from_dict({"dataset": {"input_dim": 6}, "model": {"n_head": 2}})["model"]`` is the
+    full keyword set of ``make_meta_arch``.
+    """
+    cfg = _as_lists(cfg)                       # a new tree: the caller's dict stays as it is
     _normalise_splits(cfg)
     # a saved resolved config carries the derived sections: they are recomputed below
     for section in ("train_cfg", "test_cfg"):
@@ -520,7 +537,7 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None,
     _merge_defaults(_as_lists(DEFAULTS if defaults is None else defaults), cfg)
     _merge_defaults(_as_lists(EXTRA_DEFAULTS), cfg)
     _update_derived(cfg)
-    validate_config(cfg, source=config_file)
+    validate_config(cfg, source=source)
     return apply_overrides(cfg, overrides)
 
 

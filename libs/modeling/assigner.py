@@ -30,15 +30,14 @@ def assign_points(points: Tensor, gt_segments: Tensor, gt_labels: Tensor, num_cl
     Args:
         points: ``P×4`` rows ``[t, reg_range_min, reg_range_max, stride]`` (grid units).
         gt_segments: ``N×2`` (start, end) in grid units; gt_labels: ``N`` int64.
-        center_sample: ``radius`` (positives within ``radius·stride`` of the action centre) or
-            ``none`` (anywhere strictly inside the action).
+        center_sample: ``radius`` (positives within ``radius·stride`` of the action centre);
+            otherwise (``none``, the other value a config allows) anywhere strictly inside the
+            action.
     Returns:
         cls_targets ``P×C`` (0/1, several ones for near-identical actions) and reg_targets
         ``P×2`` (left, right) distances to the chosen action, divided by the point's stride.
         A point is positive iff its class row is non-zero.
     """
-    if center_sample not in ("radius", "none"):
-        raise ValueError(f"center_sample must be 'radius' or 'none', got '{center_sample}'")
     num_pts, num_gts = points.shape[0], gt_segments.shape[0]
     if num_gts == 0:
         return (gt_segments.new_zeros((num_pts, num_classes)),

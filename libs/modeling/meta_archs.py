@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from libs.core.config import DEFAULTS, max_div_factor
+from libs.core.config import max_div_factor
 
 from .assigner import SIMOTA_DEFAULTS, assign_points, simota_assign
 from .blocks import downsample_mask
@@ -21,20 +21,6 @@ from .losses import ctr_diou_loss_1d, sigmoid_focal_loss
 from .models import make_backbone, make_generator, make_neck, register_meta_arch
 
 __all__ = ["LocPointTransformer"]
-
-# Project switches on top of the reference; their defaults reproduce the reference.
-EXTRA_TEST_DEFAULTS = {
-    # True: pad each video only to the next multiple of max_div_factor at inference, instead of
-    # to at least max_seq_len (spec C.11). Faster on short videos, but it changes outputs near
-    # the end of a video (spec C.2, "padding dependence").
-    "tight_padding": False,
-}
-
-
-def _with_defaults(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
-    """``cfg`` over ``defaults``; keys unknown to both stay in the dict and are ignored."""
-    return {**defaults, **cfg}
-
 
 def _length_mask(lengths: Sequence[int], T: int, device: torch.device) -> Tensor:
     """``B×1×T`` bool mask, True on the first ``lengths[b]`` steps of row b."""
@@ -63,8 +49,9 @@ def _all_finite(x: Tensor) -> bool:
 class LocPointTransformer(nn.Module):
     """ActionFormer: a Transformer feature pyramid with per-point classification and regression.
 
-    Constructed with the keys of ``cfg['model']`` (spec G.1, K). ``train_cfg`` / ``test_cfg`` are
-    merged over the reference defaults; unknown keys in them are ignored.
+    Constructed with the keys of a config made by :func:`libs.core.load_config` (or
+    ``config_from_dict``): ``make_meta_arch(cfg['model_name'], **cfg['model'])``. The config
+    module is the single source of defaults and checks; the model takes the values as they are.
 
     Calling the model on a list of items (``video_id``, ``feats`` ``D×T`` float32,
     ``segments`` ``N×2`` grid units, ``labels`` ``N``, ``fps``, ``duration``, ``feat_stride``,
@@ -94,69 +81,68 @@ class LocPointTransformer(nn.Module):
         # label assignment switch: None = ActionFormer's centre sampling (assign_points);
         # TemporalMaxer's SimOTA (simota_assign) with these settings otherwise
         self.simota_cfg = _simota_settings(assigner)
-        # max_buffer_len_factor only sized the reference's point buffer; points are now made on
-        # demand, so inputs of any length are accepted at inference.
-        self.train_cfg = _with_defaults(train_cfg, DEFAULTS["train_cfg"])
-        self.test_cfg = _with_defaults(test_cfg, {**DEFAULTS["test_cfg"], **EXTRA_TEST_DEFAULTS})
-        self._check_cfgs()
-
+        # the config module has merged the defaults and validated every value (spec G)
+        self.train_cfg = dict(train_cfg)
+        self.test_cfg = dict(test_cfg)
         num_backbone_levels = backbone_arch[-1] + 1
         self.fpn_strides = [scale_factor ** l for l in range(fpn_start_level, num_backbone_levels)]
-        if len(regression_range) != len(self.fpn_strides):
-            raise ValueError(f"regression_range has {len(regression_range)} entries for "
-                             f"{len(self.fpn_strides)} pyramid levels")
         self.fpn_start_level = fpn_start_level
         self.num_classes = num_classes
         self.input_dim = input_dim
         self.max_seq_len = max_seq_len
-        if isinstance(n_mha_win_size, int):
-            self.mha_win_size = [n_mha_win_size] * num_backbone_levels
-        else:
-            self.mha_win_size = list(n_mha_win_size)
-            if len(self.mha_win_size) != num_backbone_levels:
-                raise ValueError(f"n_mha_win_size has {len(self.mha_win_size)} entries for "
-                                 f"{num_backbone_levels} backbone levels")
+        self.mha_win_size = [n_mha_win_size] * num_backbone_levels \
+            if isinstance(n_mha_win_size, int) else list(n_mha_win_size)
         self.max_div_factor = max_div_factor(scale_factor, num_backbone_levels, self.mha_win_size)
-        if max_seq_len % self.max_div_factor != 0:
-            raise ValueError(f"max_seq_len {max_seq_len} must be divisible by {self.max_div_factor}"
-                             f" (pyramid strides × attention windows, spec C.11)")
 
-        if backbone_type == "convTransformer":
-            self.backbone = make_backbone(
-                "convTransformer", n_in=input_dim, n_embd=embd_dim, n_head=n_head,
-                n_embd_ks=embd_kernel_size, max_len=max_seq_len, arch=backbone_arch,
-                mha_win_size=self.mha_win_size, scale_factor=scale_factor, with_ln=embd_with_ln,
-                proj_pdrop=self.train_cfg["dropout"], path_pdrop=self.train_cfg["droppath"],
-                use_abs_pe=use_abs_pe, use_rel_pe=use_rel_pe)
-        else:
-            self.backbone = make_backbone(
-                backbone_type, n_in=input_dim, n_embd=embd_dim, n_embd_ks=embd_kernel_size,
-                arch=backbone_arch, scale_factor=scale_factor, with_ln=embd_with_ln)
+        self.backbone = self._build_backbone(
+            backbone_type, input_dim=input_dim, embd_dim=embd_dim, n_head=n_head,
+            embd_kernel_size=embd_kernel_size, backbone_arch=backbone_arch,
+            scale_factor=scale_factor, embd_with_ln=embd_with_ln, use_abs_pe=use_abs_pe,
+            use_rel_pe=use_rel_pe)
         width = sum(embd_dim) if isinstance(embd_dim, (list, tuple)) else embd_dim
         self.neck = make_neck(fpn_type, in_channels=[width] * num_backbone_levels,
                               out_channel=fpn_dim, scale_factor=scale_factor,
                               start_level=fpn_start_level, with_ln=fpn_with_ln)
-        self.point_generator = make_generator("point", fpn_strides=self.fpn_strides,
-                                              regression_range=regression_range)
-        self.cls_head = ClsHead(fpn_dim, head_dim, num_classes,
-                                prior_prob=self.train_cfg["cls_prior_prob"],
-                                num_layers=head_num_layers, kernel_size=head_kernel_size,
-                                with_ln=head_with_ln, empty_cls=self.train_cfg["head_empty_cls"])
-        self.reg_head = RegHead(fpn_dim, head_dim, len(self.fpn_strides),
-                                num_layers=head_num_layers, kernel_size=head_kernel_size,
-                                with_ln=head_with_ln)
+        # max_seq_len × max_buffer_len_factor: the reference's point buffer (a warning only)
+        self.point_generator = make_generator(
+            "point", max_seq_len=max_seq_len * max_buffer_len_factor,
+            fpn_strides=self.fpn_strides, regression_range=regression_range)
+        self._build_heads(fpn_dim, head_dim, head_num_layers, head_kernel_size, head_with_ln)
 
         self.loss_normalizer = float(self.train_cfg["init_loss_norm"])
         self.loss_normalizer_momentum = 0.9
         self.num_pos_reducer: Optional[Callable[[Tensor], Tensor]] = None
 
-    def _check_cfgs(self) -> None:
-        if self.train_cfg["center_sample"] not in ("radius", "none"):
-            raise ValueError(f"train_cfg.center_sample must be 'radius' or 'none', got "
-                             f"{self.train_cfg['center_sample']!r}")
-        if self.test_cfg["nms_method"] not in ("soft", "hard", "none"):
-            raise ValueError(f"test_cfg.nms_method must be 'soft', 'hard' or 'none', got "
-                             f"{self.test_cfg['nms_method']!r}")
+    def _build_backbone(self, backbone_type: str, input_dim: Union[int, Sequence[int]],
+                        embd_dim: Union[int, Sequence[int]], n_head: int,
+                        embd_kernel_size: int, backbone_arch: Sequence[int],
+                        scale_factor: int, embd_with_ln: bool, use_abs_pe: bool,
+                        use_rel_pe: bool) -> nn.Module:
+        """The registered backbone with the reference's arguments (attention-map dropout 0,
+        dropout and drop-path from ``train_cfg``)."""
+        if backbone_type == "convTransformer":
+            return make_backbone(
+                "convTransformer", n_in=input_dim, n_embd=embd_dim, n_head=n_head,
+                n_embd_ks=embd_kernel_size, max_len=self.max_seq_len, arch=backbone_arch,
+                mha_win_size=self.mha_win_size, scale_factor=scale_factor, with_ln=embd_with_ln,
+                attn_pdrop=0.0, proj_pdrop=self.train_cfg["dropout"],
+                path_pdrop=self.train_cfg["droppath"], use_abs_pe=use_abs_pe,
+                use_rel_pe=use_rel_pe)
+        return make_backbone(backbone_type, n_in=input_dim, n_embd=embd_dim,
+                             n_embd_ks=embd_kernel_size, arch=backbone_arch,
+                             scale_factor=scale_factor, with_ln=embd_with_ln)
+
+    def _build_heads(self, fpn_dim: int, head_dim: int, num_layers: int, kernel_size: int,
+                     with_ln: bool) -> None:
+        """Classification head (prior and empty-class biases from ``train_cfg``) and
+        regression head (one scale per pyramid level)."""
+        self.cls_head = ClsHead(fpn_dim, head_dim, self.num_classes,
+                                prior_prob=self.train_cfg["cls_prior_prob"],
+                                num_layers=num_layers, kernel_size=kernel_size,
+                                with_ln=with_ln, empty_cls=self.train_cfg["head_empty_cls"])
+        self.reg_head = RegHead(fpn_dim, head_dim, len(self.fpn_strides),
+                                num_layers=num_layers, kernel_size=kernel_size,
+                                with_ln=with_ln)
 
     @property
     def device(self) -> torch.device:
