@@ -10,8 +10,9 @@ with ``--opts init_rand_seed=<seed>``, evaluates its last checkpoint with eval.p
 run. Options this tool does not know (``--eval-freq``, ``-c``, ``--ema-decay`` …) go to train.py.
 
 Resumable: a seed whose folder already holds ``eval_metrics.json`` is not run again, and one with
-an unfinished training continues from its ``last.pth.tar``. Per-seed wall times and the summary
-are written to ``<output_folder>/<config name>_<NAME>_seeds.json``.
+an unfinished training continues from its ``last.pth.tar``. Per-seed wall times (training,
+evaluation) and the summary are written to ``<output_folder>/<config name>_<NAME>_seeds.json``;
+a later call keeps the times recorded for seeds it does not run again.
 """
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ def _shared_args(args) -> List[str]:
     return shared + ([] if args.amp is None else ["--amp", args.amp])
 
 
-def run_seed(args, train_extra: List[str], seed: int) -> Dict[str, Any]:
-    """Train (or finish training) and evaluate one seed; returns its record for the JSON."""
+def run_seed(args, train_extra: List[str], seed: int,
+             earlier: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
+    """Train (or finish training) and evaluate one seed; returns its record for the JSON
+    (``earlier[seed]``, the record of a previous call, when the seed is already done)."""
     opts = ["--opts", *args.opts, f"init_rand_seed={seed}"]
     cfg = load_config(args.config, opts[1:])
     name = f"{args.output}_seed{seed}"
@@ -66,7 +69,7 @@ def run_seed(args, train_extra: List[str], seed: int) -> Dict[str, Any]:
     metrics_file = os.path.join(folder, summarize_runs.METRICS_FILE)
     if os.path.isfile(metrics_file):
         print(f"=> seed {seed}: {metrics_file} exists, not run again", flush=True)
-        return {"seed": seed, "folder": folder, "train_s": None, "eval_s": None}
+        return earlier.get(seed, {"seed": seed, "folder": folder, "train_s": None, "eval_s": None})
     resume = os.path.join(folder, train_script.RESUME_FILE)
     resume_args = ["--resume", resume] if os.path.isfile(resume) else []
     print(f"=> seed {seed}: {folder}" + (" (resuming)" if resume_args else ""), flush=True)
@@ -90,12 +93,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args, train_extra = parse_args(argv)
     cfg = load_config(args.config, args.opts)
     first = cfg["init_rand_seed"] if args.first_seed is None else args.first_seed
-    records = [run_seed(args, train_extra, first + i) for i in range(args.seeds)]
+    out = train_script.experiment_folder(cfg, args.config, args.output) + "_seeds.json"
+    earlier = {}
+    if os.path.isfile(out):
+        with open(out) as fd:
+            earlier = {r["seed"]: r for r in json.load(fd).get("runs", [])}
+    records = [run_seed(args, train_extra, first + i, earlier) for i in range(args.seeds)]
     folders = [r["folder"] for r in records]
     summary = summarize_runs.summarize([summarize_runs.load_metrics(
         summarize_runs.find_metrics_file(f)) for f in folders])
     print(summarize_runs.format_summary(summary, folders), flush=True)
-    out = train_script.experiment_folder(cfg, args.config, args.output) + "_seeds.json"
     _write_json(out, {"config": args.config, "runs": records, "summary": summary})
     print(f"=> wrote {out}")
     return {"runs": records, "summary": summary}
