@@ -1,6 +1,6 @@
 """YAML configuration: reference defaults, recursive merge, validation and overrides.
 
-``load_config(path)`` returns a plain nested dict, exactly the reference's (spec G): the YAML
+``load_config(path)`` returns a plain nested dict, exactly the reference's: the YAML
 merged over :data:`DEFAULTS`, then the derived fields filled in (``model.input_dim``,
 ``model.num_classes``, ``model.max_seq_len`` copied from ``dataset``; ``model.train_cfg`` and
 ``model.test_cfg`` being the very same dict objects as the top-level sections).
@@ -24,7 +24,7 @@ __all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "ConfigError", "load_config", "config_f
            "max_div_factor"]
 
 # --------------------------------------------------------------------------------------------
-# Defaults: identical in keys and values to the reference (spec G.1).
+# Defaults: identical in keys and values to the reference.
 # --------------------------------------------------------------------------------------------
 DEFAULTS: Dict[str, Any] = {
     "init_rand_seed": 1234567891,
@@ -123,7 +123,7 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     "ema_decay": 0.999,           # model EMA decay per iteration (the reference's constant)
     "test_cfg": {
         "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
-    },                            # (changes outputs near video ends, spec C.2; faster on short videos)
+    },                            # (changes outputs near video ends; faster on short videos)
     # How the features were made from videos (tools/extract_features.py options); lets
     # tools/predict.py run on video files. backbone None: not recorded (feature files only).
     "features": {
@@ -133,7 +133,7 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     },
 }
 
-# Keys with no default that a YAML may (or, for data paths, should) carry (spec G).
+# Keys with no default that a YAML may (or, for data paths, should) carry.
 _OPTIONAL_KEYS = {
     "output_folder": (str,),
     "dataset.json_file": (str,),
@@ -297,7 +297,7 @@ def _check_type(path: str, value: Any, types: tuple) -> Optional[str]:
 # Validation
 # --------------------------------------------------------------------------------------------
 def max_div_factor(scale_factor: int, num_levels: int, win_sizes: Sequence[int]) -> int:
-    """Largest length every pyramid level's attention needs to divide (spec C.11).
+    """Largest length every pyramid level's attention needs to divide.
 
     Level ``l`` (stride ``s = scale_factor**l``) needs ``s * 2 * (w // 2)`` for a local window
     ``w > 1`` and ``s`` for global attention.
@@ -428,7 +428,7 @@ def load_default_config() -> Dict[str, Any]:
 
 
 def _update_derived(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Fill the derived model fields (spec G): copies of dataset fields and shared sections."""
+    """Fill the derived model fields: copies of dataset fields and shared sections."""
     cfg["model"]["input_dim"] = cfg["dataset"]["input_dim"]
     cfg["model"]["num_classes"] = cfg["dataset"]["num_classes"]
     cfg["model"]["max_seq_len"] = cfg["dataset"]["max_seq_len"]

@@ -1,4 +1,4 @@
-"""Label assignment: which points are positives, their classes and regression targets (spec D.1).
+"""Label assignment: which points are positives, their classes and regression targets.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SIMOTA_DEFAULTS = {"center_radius": 2.5, "iou_weight": 3.0, "cls_weight": 1.0,
                    "keep_percent": 0.65, "confuse_weight": 0.1}
 
 # GTs whose length is within this many grid steps of the shortest qualifying one all give their
-# class to the point (multi-label targets for near-identical actions, spec D.1 step 5).
+# class to the point (multi-label targets for near-identical actions).
 _MULTI_LABEL_LENGTH_TOL = 1e-3
 
 

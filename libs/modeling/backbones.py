@@ -1,4 +1,4 @@
-"""Backbones: embedding convs followed by a stem and a down-sampling branch (spec C.3-C.7).
+"""Backbones: embedding convs followed by a stem and a down-sampling branch.
 
 forward(x ``B×D×T``, mask ``B×1×T``, extent) -> (features, masks), one pair per pyramid level
 l = 0 … arch[2]: ``B×E×T/2^l`` and ``B×1×T/2^l``.
@@ -22,8 +22,8 @@ Dims = Union[int, Sequence[int]]
 
 
 class _EmbeddingBackbone(nn.Module):
-    """Shared structure: the optional per-source 1×1 projection (spec A.3), the embedding convs
-    (masked conv -> LayerNorm -> ReLU, spec C.3), then ``stem`` (stride 1) and ``branch``
+    """Shared structure: the optional per-source 1×1 projection, the embedding convs
+    (masked conv -> LayerNorm -> ReLU), then ``stem`` (stride 1) and ``branch``
     (stride ``scale_factor`` each) block lists that sub-classes build."""
 
     def _build_embedding(self, n_in: Dims, n_embd: Dims, kernel_size: int, n_layers: int,
@@ -137,7 +137,7 @@ class ConvTransformerBackbone(_EmbeddingBackbone):
 
     def _position_embedding(self, T: int, extent: Optional[Tensor]) -> Tensor:
         """Absolute PE for a padded batch: ``1×E×T``, or ``B×E×T`` when videos in the batch have
-        different extents (each gets the table stretched to its own extent, spec C.4)."""
+        different extents (each gets the table stretched to its own extent)."""
         if self.training:
             if T > self.max_len:
                 raise ValueError(f"training sequence of {T} steps is longer than max_seq_len "
@@ -162,7 +162,7 @@ class ConvTransformerBackbone(_EmbeddingBackbone):
 
 @register_backbone("conv")
 class ConvBackbone(_EmbeddingBackbone):
-    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks (spec C.7)."""
+    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks."""
 
     def __init__(self, n_in: Dims, n_embd: Dims, n_embd_ks: int,
                  arch: Sequence[int] = (2, 2, 5), scale_factor: int = 2,

@@ -1,4 +1,4 @@
-"""Inference decoding: per-level candidates (spec E.1), NMS (E.2) and seconds (E.5)."""
+"""Inference decoding: per-level candidates, NMS and conversion to seconds."""
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Sequence, Tuple

@@ -1,4 +1,4 @@
-"""Classification and regression heads, shared across pyramid levels (spec C.10).
+"""Classification and regression heads, shared across pyramid levels.
 
 forward(feats, masks, extents) with one ``B×F×T_l`` / ``B×1×T_l`` / (``B×1×T_l`` or None) per
 level -> one output per level: logits ``B×C×T_l`` or offsets ``B×2×T_l``.
@@ -16,7 +16,7 @@ from .blocks import LayerNorm, MaskedConv1D, Scale, chunked_inference_applies, m
 
 __all__ = ["ClsHead", "RegHead"]
 
-# bias of a class that never occurs in the annotations: sigmoid(bias) = 1e-6 (spec C.10)
+# bias of a class that never occurs in the annotations: sigmoid(bias) = 1e-6
 _EMPTY_CLASS_PRIOR = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""Loss functions (spec D.2). Both compute in float32 whatever the input dtype."""
+"""Loss functions. Both compute in float32 whatever the input dtype."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The single-stage detector ``LocPointTransformer`` (spec C, D.1, D.2, E.1, E.2, E.5).
+"""The single-stage detector ``LocPointTransformer``.
 
 Data flow: list of item dicts -> pad + mask -> backbone -> neck -> points + cls / reg heads ->
 training: label assignment + focal / DIoU losses; inference: decoding + NMS + seconds.
@@ -61,7 +61,7 @@ class LocPointTransformer(nn.Module):
     to float32 rounding (it keeps its own reference padding, positions beyond it act as the
     tensor border).
 
-    State beyond parameters: ``loss_normalizer`` (float, the EMA of the positive count, spec D.2;
+    State beyond parameters: ``loss_normalizer`` (float, the EMA of the positive count;
     save / restore it for an exact resume) and ``num_pos_reducer`` (None, or a callable applied
     to the batch's positive count tensor before the EMA update, e.g. an all-reduce sum for DDP).
     """
@@ -81,7 +81,7 @@ class LocPointTransformer(nn.Module):
         # label assignment switch: None = ActionFormer's centre sampling (assign_points);
         # TemporalMaxer's SimOTA (simota_assign) with these settings otherwise
         self.simota_cfg = _simota_settings(assigner)
-        # the config module has merged the defaults and validated every value (spec G)
+        # the config module has merged the defaults and validated every value
         self.train_cfg = dict(train_cfg)
         self.test_cfg = dict(test_cfg)
         num_backbone_levels = backbone_arch[-1] + 1
@@ -189,7 +189,7 @@ class LocPointTransformer(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     def padded_length(self, length: int) -> int:
-        """Length a single video of ``length`` steps is padded to at inference (spec C.11)."""
+        """Length a single video of ``length`` steps is padded to at inference."""
         div = self.max_div_factor
         padded = (length + div - 1) // div * div
         if self.test_cfg["tight_padding"]:
@@ -258,7 +258,7 @@ class LocPointTransformer(nn.Module):
     def losses(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor],
                fpn_masks: List[Tensor], cls_logits: List[Tensor], offsets: List[Tensor]
                ) -> Dict[str, Tensor]:
-        """Focal + DIoU losses of a batch (spec D.2); updates :attr:`loss_normalizer`.
+        """Focal + DIoU losses of a batch; updates :attr:`loss_normalizer`.
 
         fpn_masks: per level ``B×T_l``; cls_logits ``B×T_l×C``; offsets ``B×T_l×2``.
         """

@@ -127,6 +127,10 @@ class TorchvisionExtractor(ClipExtractor):
             raise ValueError(f"--weights {opts.weights}: {name} has weights "
                              f"{', '.join(weights_enum.__members__)} (or default, none)")
         chosen = None if member == "none" else weights_enum[member]
+        shortest = weights_enum.DEFAULT.meta.get("min_temporal_size") or 1
+        if opts.clip_len < shortest or (name.startswith("mvit") and opts.clip_len != 16):
+            need = "exactly 16" if name.startswith("mvit") else f"at least {shortest}"
+            raise ValueError(f"--clip-len {opts.clip_len}: {name} needs {need} frames per clip")
         self.transform = (chosen or weights_enum.DEFAULT).transforms()
         self.model = models.get_model(name, weights=chosen).eval()
         head, self.dim = self.HEADS[name]
