@@ -241,3 +241,30 @@ def test_simota_losses_equal_centre_sampling_with_one_action():
     for key in ("cls_loss", "reg_loss", "final_loss"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
     assert simota.loss_normalizer == plain.loss_normalizer
+
+
+def test_training_losses_equal_temporalmaxers_code():
+    """One training forward of a small model, weights and inputs as below, with SimOTA keeping
+    60 % and weighting the others 0.2: the losses and loss normaliser that TemporalMaxer's own
+    code (TuanTNG/TemporalMaxer @ 4030cdf, same seed gives the same initial weights) computed
+    for this case, recorded once. Its gradients also matched ours exactly."""
+    cfg = load_config(TMX_THUMOS, [
+        "dataset.input_dim=64", "model.embd_dim=32", "model.fpn_dim=32", "model.head_dim=32",
+        "dataset.max_seq_len=256", "dataset.num_classes=3", "model.assigner.keep_percent=0.6",
+        "model.assigner.confuse_weight=0.2"])
+    torch.manual_seed(0)
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    g = torch.Generator().manual_seed(1)
+    videos = [{"video_id": "a", "feats": torch.randn(64, 200, generator=g),
+               "segments": torch.tensor([[10.0, 40.0], [12.0, 41.0], [100.0, 180.0]]),
+               "labels": torch.tensor([0, 2, 1])},
+              {"video_id": "b", "feats": torch.randn(64, 256, generator=g),
+               "segments": torch.tensor([[3.0, 9.5], [50.0, 52.0]]), "labels": torch.tensor([1, 1])}]
+    losses = model.train()(videos)
+    assert losses["cls_loss"].item() == pytest.approx(0.16627870500087738, rel=1e-5)
+    assert losses["reg_loss"].item() == pytest.approx(0.10979906469583511, rel=1e-5)
+    # 0.9 * 100 + 0.1 * (sum of the positives' weights = 12.2)
+    assert model.loss_normalizer == pytest.approx(91.22, rel=1e-9)
