@@ -92,7 +92,7 @@ class I3dExtractor(ClipExtractor):
                 images.append(image)
                 yield image
 
-        for field in flow_fields(remember(), self.flow_fn):
+        for field in flow_fields(remember(), self.flow_fn, pairs_per_call=8):
             yield self._rgb_input(images.pop(0)), centre_crop(flow_to_input(field),
                                                               self.opts.crop_size)
 
