@@ -99,7 +99,8 @@ def score(cfg: Dict[str, Any], dataset, results: Dict[str, Any]) -> Dict[str, An
     """Score fusion (when configured) and the mAP table; returns the metrics dict."""
     from libs.utils import ANETdetection, metrics_to_dict, postprocess_results
     evaluator = ANETdetection(dataset.json_file, dataset.split[0],
-                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"])
+                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"],
+                              exclude_videos=dataset.exclude_videos)
     if isinstance(cfg["test_cfg"]["ext_score_file"], str):
         results = postprocess_results(results, cfg["test_cfg"]["ext_score_file"])
     mAP, avg_map, recall = evaluator.evaluate(results, verbose=True)
