@@ -168,7 +168,8 @@ def build_validation(cfg: Dict[str, Any], args: argparse.Namespace):
     check_split_features(dataset, full=args.check_data == "full")
     loader = make_data_loader(dataset, False, torch.Generator().manual_seed(0), 1, cfg["loader"]["num_workers"])
     evaluator = ANETdetection(dataset.json_file, dataset.split[0],
-                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"])
+                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"],
+                              exclude_videos=dataset.exclude_videos)
     return loader, evaluator
 
 

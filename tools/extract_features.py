@@ -146,13 +146,14 @@ class Extraction:
     def run(self, videos: Sequence[Tuple[str, str]]) -> None:
         from tqdm import tqdm
 
+        from libs.video.extract import failure_message
         from libs.video.sampling import num_clips
 
         quiet = self.args.no_progress
         for vid, path, item in tqdm(self.opened(videos), total=len(videos), desc="videos",
                                     unit="video", disable=quiet, position=0):
             if isinstance(item, Exception):
-                self.fail(str(item))
+                self.fail(failure_message(path, item))
                 continue
             reader, batches = item
             total = num_clips(reader.expected_frames, self.opts.clip_len, self.opts.stride)
@@ -161,7 +162,7 @@ class Extraction:
                 try:
                     self.run_one(vid, reader, batches, bar)
                 except (ValueError, OSError, RuntimeError) as exc:
-                    self.fail(str(exc).splitlines()[0] if str(exc) else repr(exc))
+                    self.fail(failure_message(path, exc))
 
     def fail(self, message: str) -> None:
         self.failures.append(message)

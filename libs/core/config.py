@@ -118,7 +118,9 @@ DEFAULTS: Dict[str, Any] = {
 EXTRA_DEFAULTS: Dict[str, Any] = {
     "dataset": {
         "widen_truncation": None,  # training crop clips actions to its window widened by half a
-    },                             # feature window (true) or not (false); null: the loader's rule
+                                   # feature window (true) or not (false); null: the loader's rule
+        "exclude_videos": [],      # video ids left out of training and evaluation, e.g. THUMOS14's
+    },                             # mislabelled video_test_0000270 and video_test_0001292
     "amp": None,                  # None | 'bf16' | 'fp16': autocast around the model's forward
     "ema_decay": 0.999,           # model EMA decay per iteration (the reference's constant)
     "test_cfg": {
@@ -184,7 +186,16 @@ _OPTIONAL_KEYS = {
     "dataset.file_prefix": (str, type(None)),
     "dataset.file_ext": (str, type(None)),
     "opt.early_stop_epochs": (int,),
-    "dataset.backbone_type": (str,),   # TriDet's HACS configs name the feature type
+    # --- TemporalMaxer: SimOTA label assignment (absent or null: ActionFormer's assignment) ---
+    "model.assigner": (dict, type(None)),
+    "model.assigner.center_radius": (int, float),
+    "model.assigner.iou_weight": (int, float),
+    "model.assigner.cls_weight": (int, float),
+    "model.assigner.keep_percent": (int, float),
+    "model.assigner.confuse_weight": (int, float),
+    "model.fpn_norm": (str, type(None)),          # TemporalMaxerArchitecture's neck only
+    # --- end TemporalMaxer ---
+    "dataset.backbone_type": (str,),   # HACS (TriDet's configs): feature type i3d | slowfast | tsp
 }
 # Derived keys (present in a saved resolved config); recomputed on every load.
 _DERIVED_KEYS = ("model.input_dim", "model.num_classes", "model.max_seq_len",
@@ -225,6 +236,8 @@ _CHOICES = {
     "opt.schedule_type": ("cosine", "multistep"),
     "amp": (None, "bf16", "fp16"),
     "model.downsample_type": ("max", "avg"),      # TriDet
+    "model.fpn_norm": ("groupnorm", "layernorm", None),
+    "dataset.backbone_type": ("i3d", "slowfast", "tsp"),
 }
 
 
@@ -365,12 +378,20 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
     if cfg["model_name"] == TRIDET_NAME:
         return _check_tridet_values(cfg) + _check_common_values(cfg)
     errors = []
-    model, data, opt = cfg["model"], cfg["dataset"], cfg["opt"]
+    model, data = cfg["model"], cfg["dataset"]
     arch = model["backbone_arch"]
-    if len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
+    if model["backbone_type"] == "convPooler":   # TemporalMaxer: no stem
+        if len(arch) != 2 or any(not isinstance(a, int) or a < 0 for a in arch):
+            return [f"model.backbone_arch: expected two non-negative integers for convPooler "
+                    f"(embedding convs, pooling levels), got {arch!r}"]
+    elif len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
         return [f"model.backbone_arch: expected three non-negative integers "
                 f"(embedding convs, stem blocks, branch blocks), got {arch!r}"]
-    num_levels = arch[2] + 1
+    num_levels = arch[-1] + 1
+    if "fpn_norm" in model and cfg["model_name"] != "TemporalMaxerArchitecture":
+        errors.append("model.fpn_norm: only TemporalMaxerArchitecture has this key")
+    if "backbone_type" in data and cfg["dataset_name"] != "hacs":
+        errors.append("dataset.backbone_type: only the hacs data set has this key")
     wins = model["n_mha_win_size"]
     if isinstance(wins, list):
         if len(wins) != num_levels:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from libs.core.config import max_div_factor
 
-from .assigner import assign_points
+from .assigner import SIMOTA_DEFAULTS, assign_points, simota_assign
 from .blocks import downsample_mask
 from .decoding import decode_candidates, postprocess_video
 from .heads import ClsHead, RegHead
@@ -26,6 +26,17 @@ def _length_mask(lengths: Sequence[int], T: int, device: torch.device) -> Tensor
     """``B×1×T`` bool mask, True on the first ``lengths[b]`` steps of row b."""
     return (torch.arange(T, device=device)[None, :]
             < torch.as_tensor(lengths, device=device)[:, None])[:, None, :]
+
+
+def _simota_settings(assigner: Optional[Mapping[str, float]]) -> Optional[Dict[str, float]]:
+    """``model.assigner`` (TemporalMaxer's key) over TemporalMaxer's SimOTA defaults."""
+    if assigner is None:
+        return None
+    unknown = sorted(set(assigner) - set(SIMOTA_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.assigner: unknown key(s) {unknown}; SimOTA takes "
+                         f"{sorted(SIMOTA_DEFAULTS)}")
+    return {**SIMOTA_DEFAULTS, **assigner}
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -64,8 +75,12 @@ class LocPointTransformer(nn.Module):
                  regression_range: Sequence[Sequence[float]], head_num_layers: int,
                  head_kernel_size: int, head_with_ln: bool, use_abs_pe: bool, use_rel_pe: bool,
                  num_classes: int, train_cfg: Mapping[str, Any],
-                 test_cfg: Mapping[str, Any]) -> None:
+                 test_cfg: Mapping[str, Any],
+                 assigner: Optional[Mapping[str, float]] = None) -> None:
         super().__init__()
+        # label assignment switch: None = ActionFormer's centre sampling (assign_points);
+        # TemporalMaxer's SimOTA (simota_assign) with these settings otherwise
+        self.simota_cfg = _simota_settings(assigner)
         # the config module has merged the defaults and validated every value
         self.train_cfg = dict(train_cfg)
         self.test_cfg = dict(test_cfg)
@@ -156,7 +171,7 @@ class LocPointTransformer(nn.Module):
         x = self.backbone.embed(x, mask, extent_mask)
         feats, masks = self.backbone.pyramid(x, mask, extent_mask)
         del x
-        fpn_feats, fpn_masks = self.neck(feats, masks)
+        fpn_feats, fpn_masks = self._neck(feats, masks, extent_mask)
         del feats
         level_extents = [downsample_mask(extent_mask, s) for s in self.fpn_strides]
         points = self.point_generator(fpn_feats)
@@ -166,6 +181,11 @@ class LocPointTransformer(nn.Module):
         offsets = [t.permute(0, 2, 1) for t in self.reg_head(fpn_feats, fpn_masks, level_extents)]
         fpn_masks = [m.squeeze(1) for m in fpn_masks]
         return extents, points, fpn_masks, cls_logits, offsets
+
+    def _neck(self, feats: List[Tensor], masks: List[Tensor], extent_mask: Optional[Tensor]
+              ) -> Tuple[List[Tensor], List[Tensor]]:
+        """The neck; a hook for necks that need each video's padded extent (``B×1×T`` or None)."""
+        return self.neck(feats, masks)
 
     # ----------------------------------------------------------------------------------------
     def padded_length(self, length: int) -> int:
@@ -242,21 +262,31 @@ class LocPointTransformer(nn.Module):
 
         fpn_masks: per level ``B×T_l``; cls_logits ``B×T_l×C``; offsets ``B×T_l×2``.
         """
-        gt_cls, gt_offsets = self.assign_targets(video_list, points)
         valid = torch.cat(fpn_masks, dim=1)                                 # B×P
+        gt_cls, gt_offsets, weights = self._targets(video_list, points, valid, cls_logits,
+                                                    offsets)
         pos = (gt_cls.sum(-1) > 0) & valid
-        num_pos = self.update_loss_normalizer(pos)
+        pos_weights = None if weights is None else weights[pos]
+        num_pos = self.update_loss_normalizer(pos, pos_weights)
 
         smoothing = self.train_cfg["label_smoothing"]
         gt_target = gt_cls[valid] * (1 - smoothing) + smoothing / (self.num_classes + 1)
-        cls_loss = sigmoid_focal_loss(torch.cat(cls_logits, dim=1)[valid], gt_target,
-                                      reduction="sum") / self.loss_normalizer
+        logits = torch.cat(cls_logits, dim=1)[valid]
+        if weights is None:
+            cls_loss = sigmoid_focal_loss(logits, gt_target, reduction="sum")
+        else:   # TemporalMaxer: positives weighted, all other valid points 1
+            point_weights = torch.where(pos, weights, torch.ones_like(weights))[valid]
+            cls_loss = (sigmoid_focal_loss(logits, gt_target) * point_weights[:, None]).sum()
+        cls_loss = cls_loss / self.loss_normalizer
         pred_offsets = torch.cat(offsets, dim=1)[pos]
         if num_pos == 0:
             reg_loss = 0 * pred_offsets.sum()
-        else:
+        elif weights is None:
             reg_loss = ctr_diou_loss_1d(pred_offsets, gt_offsets[pos],
                                         reduction="sum") / self.loss_normalizer
+        else:
+            reg_loss = (ctr_diou_loss_1d(pred_offsets, gt_offsets[pos])
+                        * pos_weights).sum() / self.loss_normalizer
         weight = self.train_cfg["loss_weight"]
         if weight <= 0:
             weight = cls_loss.detach() / max(reg_loss.item(), 0.01)
@@ -276,16 +306,36 @@ class LocPointTransformer(nn.Module):
                    for item in video_list]
         return torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets])
 
-    def update_loss_normalizer(self, pos: Tensor) -> int:
-        """Count the positives (``B×P`` bool; all processes' with ``num_pos_reducer``), move
-        :attr:`loss_normalizer` towards the count (momentum 0.9, at least 1); return the count."""
-        num_pos = pos.sum()
+    def update_loss_normalizer(self, pos: Tensor, pos_weights: Optional[Tensor] = None) -> float:
+        """Count the positives (``B×P`` bool, or the sum of their SimOTA weights; all processes'
+        with ``num_pos_reducer``), move :attr:`loss_normalizer` towards the count (momentum 0.9,
+        at least 1); return the count."""
+        num_pos = pos.sum() if pos_weights is None else pos_weights.sum()
         if self.num_pos_reducer is not None:
             num_pos = self.num_pos_reducer(num_pos)
         num_pos = num_pos.item()
         momentum = self.loss_normalizer_momentum
         self.loss_normalizer = momentum * self.loss_normalizer + (1 - momentum) * max(num_pos, 1)
         return num_pos
+
+    @torch.no_grad()
+    def _targets(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor],
+                 valid: Tensor, cls_logits: List[Tensor], offsets: List[Tensor]
+                 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Label assignment of a batch: class targets ``B×P×C``, regression targets ``B×P×2``
+        and, with SimOTA, per-point loss weights ``B×P`` (None with centre sampling)."""
+        if self.simota_cfg is None:
+            return (*self.assign_targets(video_list, points), None)
+        all_points = torch.cat(points, dim=0)
+        device = self.device
+        all_logits, all_offsets = torch.cat(cls_logits, dim=1), torch.cat(offsets, dim=1)
+        targets = [simota_assign(all_points, valid[b], all_logits[b], all_offsets[b],
+                                 item["segments"].to(device), item["labels"].to(device),
+                                 self.num_classes, **self.simota_cfg)
+                   for b, item in enumerate(video_list)]
+        weights = torch.stack([t[2] for t in targets])
+        return (torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets]),
+                weights)
 
     @torch.no_grad()
     def inference(self, video_list: Sequence[Mapping[str, Any]], extents: Sequence[int],

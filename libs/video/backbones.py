@@ -10,7 +10,6 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.registry import Registry
@@ -92,7 +91,7 @@ class I3dExtractor(ClipExtractor):
                 images.append(image)
                 yield image
 
-        for field in flow_fields(remember(), self.flow_fn):
+        for field in flow_fields(remember(), self.flow_fn, pairs_per_call=8):
             yield self._rgb_input(images.pop(0)), centre_crop(flow_to_input(field),
                                                               self.opts.crop_size)
 

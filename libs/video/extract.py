@@ -20,7 +20,7 @@ from .options import ExtractorOptions
 from .sampling import ClipSampling
 
 __all__ = ["NpyRowWriter", "Prefetcher", "clip_batches", "extract_file", "extract_video",
-           "open_video_batches", "video_record"]
+           "failure_message", "open_video_batches", "video_record"]
 
 Batch = Tuple[torch.Tensor, ...]
 
@@ -174,3 +174,9 @@ def extract_file(reader: VideoReader, batches: Iterator[Batch], extractor: ClipE
             batches.close()
         reader.close()
     return video_record(reader, opts, writer.rows)
+
+
+def failure_message(path: str, exc: BaseException) -> str:
+    """One line naming the video for any error raised while extracting it."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if path in text else f"{path}: {text}"
