@@ -121,6 +121,15 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     "test_cfg": {
         "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
     },                            # (changes outputs near video ends, spec C.2; faster on short videos)
+    # Less padded work in training (changes what the coarse levels see near video ends):
+    # pad each batch to its longest video rounded up to max_div_factor instead of max_seq_len,
+    # and (length_bucketing) batch videos of similar length together.
+    "train_cfg": {
+        "pad_to_batch_max": False,
+    },
+    "loader": {
+        "length_bucketing": False,
+    },
     # How the features were made from videos (tools/extract_features.py options); lets
     # tools/predict.py run on video files. backbone None: not recorded (feature files only).
     "features": {
@@ -359,6 +368,9 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
     for rate_key in ("dropout", "droppath", "label_smoothing"):
         if not 0.0 <= cfg["train_cfg"][rate_key] < 1.0:
             errors.append(f"train_cfg.{rate_key}: must lie in [0, 1), got {cfg['train_cfg'][rate_key]}")
+    if cfg["loader"].get("length_bucketing") and not cfg["train_cfg"].get("pad_to_batch_max"):
+        errors.append("loader.length_bucketing: only saves work with train_cfg.pad_to_batch_max: "
+                      "true (every batch is padded to max_seq_len otherwise)")
     return errors
 
 
