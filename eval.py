@@ -67,7 +67,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def results_to_json(results: Dict[str, Any]) -> Dict[str, Any]:
-    """Prediction dict of spec F.5 -> ActivityNet-style ``{"version", "results": {vid: [
+    """Prediction dict (``inference``) -> ActivityNet-style ``{"version", "results": {vid: [
     {"segment": [s, e], "label" (class id), "score"}]}, "external_data"}`` (seconds)."""
     per_video: Dict[str, list] = {}
     for vid, start, end, label, score in zip(results["video-id"], results["t-start"].tolist(),

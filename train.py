@@ -314,8 +314,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     cfg = build_config(args)
     if args.device is None and len(cfg["devices"]) > 1 and not du.launched_by_torchrun():
-        return launch_per_device(main, argv if argv is not None else sys.argv[1:], cfg, args.dry_run,
-                                 run_folder(cfg, args))
+        return launch_per_device(main, argv if argv is not None else sys.argv[1:], cfg, args.config,
+                                 args.dry_run, run_folder(cfg, args))
     requested = args.device or du.device_of_this_process(cfg["devices"])
     device = resolve_device(requested, None)
     local_rank = du.init_distributed(device)

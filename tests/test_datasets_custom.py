@@ -265,15 +265,17 @@ def test_worker_init_reseeds_from_torch_seed(monkeypatch):
 # ---------------------------------------------------------------------------------- the guide
 def test_worked_example_of_the_guide_runs(tmp_path, monkeypatch, capsys):
     """docs/custom_dataset.md: its config loads, its script writes data the custom loader reads."""
-    guide = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "docs", "custom_dataset.md")).read()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    guide = open(os.path.join(root, "docs", "custom_dataset.md")).read()
     blocks = {}
     for chunk in guide.split("```")[1::2]:
         lang, _, body = chunk.partition("\n")
         blocks.setdefault(lang, []).append(body)
     monkeypatch.chdir(tmp_path)
     os.makedirs("configs")
-    with open("configs/toy.yaml", "w") as fid:
+    # the guide's config is the shipped configs/custom_example.yaml
+    assert blocks["yaml"][0] == open(os.path.join(root, "configs", "custom_example.yaml")).read()
+    with open("configs/custom_example.yaml", "w") as fid:
         fid.write(blocks["yaml"][0])
     make_data, check = blocks["python"]
     exec(compile(make_data, "make_toy_data.py", "exec"), {})
@@ -283,7 +285,7 @@ def test_worked_example_of_the_guide_runs(tmp_path, monkeypatch, capsys):
     assert lines[1].startswith("9 kitchen_000 (256, ")
     with open("data/toy/annotations.json") as fid:
         start = json.load(fid)["database"]["kitchen_009"]["annotations"][0]["segment"][0]
-    cfg = load_config("configs/toy.yaml")
+    cfg = load_config("configs/custom_example.yaml")
     item = make_dataset("custom", False, cfg["val_split"], **cfg["dataset"])[0]
     assert item["feats"].shape == (256, 186)
     assert abs(item["segments"][0, 0].item() - (start * 25 / 8 - 1)) < 1e-4

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import train
+from libs.core import ConfigError
 from libs.utils.train_utils import load_checkpoint
 from test_engine_e2e import CONFIG, make_tiny_demo
 
@@ -54,3 +55,33 @@ def assert_same_training(folder_a, folder_b):
             torch.testing.assert_close(v, b[key][k], rtol=1e-4, atol=1e-6)
     assert a["loss_normalizer"] == pytest.approx(b["loss_normalizer"], rel=1e-9)
     assert a["loss_normalizer"] != 100.0          # the normaliser moved: the steps changed the model
+
+
+def test_config_listing_two_devices_trains_on_both_like_the_reference(tmp_path):
+    """``python train.py`` with ``devices: [cpu, cpu]`` starts one process per device: global batch
+    ``loader.batch_size`` (3 + 3 videos), learning rate and workers x 2 (the reference's
+    DataParallel rule); it equals one process with batch 6 at twice the learning rate."""
+    opts = make_tiny_demo(tmp_path, num_train=6, num_test=4, epochs=2) + [
+        "opt.warmup_epochs=2", "train_cfg.droppath=0.0", "dataset.crop_ratio=null", "loader.batch_size=6"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "train.py", CONFIG, "--output", "two", "-p", "1",
+                           "--opts", *opts, "devices=[cpu,cpu]", "loader.num_workers=0"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "starting one training process per device: cpu, cpu" in proc.stdout
+    assert "on cpu (2 process(es), lr 0.008, 1 iterations/epoch)" in proc.stdout
+    folder = str(tmp_path / "ckpt" / "demo_two")
+    config_txt = open(os.path.join(folder, "config.txt")).read()
+    assert "'learning_rate': 0.008" in config_txt and "'batch_size': 6" in config_txt
+    assert "learning_rate: 0.004" in open(os.path.join(folder, "config.yaml")).read()   # reloadable as given
+    single = train.main([CONFIG, "--output", "one", "--device", "cpu", "-p", "1", "--opts", *opts,
+                         "opt.learning_rate=0.008"])
+    assert_same_training(folder, single["ckpt_folder"])
+
+
+def test_two_devices_need_a_batch_that_splits(tmp_path):
+    opts = make_tiny_demo(tmp_path, num_train=6, num_test=4, epochs=1) + ["loader.batch_size=5"]
+    with pytest.raises(ConfigError, match=r"^configs/demo.yaml: loader.batch_size 5 does not split evenly over "
+                                          r"the 2 devices \['cpu', 'cpu'\]; use a multiple of 2$"):
+        train.main([CONFIG, "--output", "odd", "--opts", *opts, "devices=[cpu,cpu]"])
+    assert not os.path.exists(tmp_path / "ckpt")

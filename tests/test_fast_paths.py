@@ -109,18 +109,20 @@ def test_channels_last_max_pool_equals_max_pool1d_including_ties():
         _assert_same(_fast_and_plain(pool, [x], [x], weight), tol=0)
 
 
-def test_dropout_draws_the_reference_mask_in_any_memory_layout():
-    """Same seed, same dropped elements (those of ``nn.Dropout`` on the contiguous tensor), and
-    a channels-last input stays channels-last."""
-    x = torch.randn(2, 8, 16) + 5.0
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_draws_the_reference_mask_in_any_memory_layout(dtype):
+    """Same seed, same dropped elements and scaled values (those of ``nn.Dropout`` on the
+    contiguous tensor) and the same random stream afterwards; a channels-last input stays
+    channels-last."""
+    x = (torch.randn(2, 8, 16) + 5.0).to(dtype)
     layer = Dropout(0.3).train()
     torch.manual_seed(7)
-    expected = torch.nn.Dropout(0.3)(x)
+    expected, after = torch.nn.Dropout(0.3)(x), torch.rand(4)
     for x_layout in _layouts(x):
         torch.manual_seed(7)
         out = layer(x_layout)
         torch.testing.assert_close(out, expected, atol=0, rtol=0)
-        assert out.stride() == x_layout.stride()
+        assert torch.equal(torch.rand(4), after) and out.stride() == x_layout.stride()
     assert 0 < int((expected == 0).sum()) < x.numel()
     torch.manual_seed(7)
     noise = layer.noise((2, 8, 16), x)

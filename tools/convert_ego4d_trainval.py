@@ -1,4 +1,4 @@
-"""Convert the official Ego4D Moment Queries files into what the ``ego4d`` loader reads (spec A.6).
+"""Convert the official Ego4D Moment Queries files into what the ``ego4d`` loader reads.
 
 Input (the official downloads), laid out as the reference expects::
 
@@ -9,7 +9,7 @@ Input (the official downloads), laid out as the reference expects::
 
 Output::
 
-    ./annotations/ego4d.json                             clip-level annotation JSON (spec A.1)
+    ./annotations/ego4d.json                             clip-level annotation JSON (the common format)
     ./features/{slowfast,omnivore}_features/<clip_uid>.npy   per-clip T x D float32
 
 Run without arguments from that folder (``python tools/convert_ego4d_trainval.py``) or name each
@@ -62,7 +62,7 @@ def load_label_map(path: str) -> Dict[str, int]:
 
 def plan_clip(clip: Dict[str, Any], subset: str, label_map: Dict[str, int],
               where: str, problems: List[str]) -> Optional[Dict[str, Any]]:
-    """Grid alignment, feature slice and annotations of one clip (spec A.6 steps 2-6).
+    """Grid alignment, feature slice and annotations of one clip.
 
     Returns ``{'clip_uid', 'si', 'ei', 'entry'}`` (feature rows ``si:ei``; ``entry`` is the JSON
     record, None without annotations) or ``{'clip_uid', 'skip': reason}``. The arithmetic runs in

@@ -1,4 +1,4 @@
-"""Write a small synthetic temporal-action data set in THUMOS format (spec A.1, A.2).
+"""Write a small synthetic temporal-action data set in THUMOS format (annotation JSON + one .npy per video).
 
     python tools/make_demo_data.py --out data/demo
 
@@ -37,7 +37,7 @@ CLASS_NAMES = ("Archery", "Bowling", "Cycling", "Dancing", "Fencing", "Golfing",
 
 
 def grid_to_seconds(grid: float) -> float:
-    """Feature-grid position -> seconds (spec E.5 with stride 4, window 16, fps 30)."""
+    """Feature-grid position -> seconds (feature centres, stride 4, window 16, fps 30)."""
     return (grid * FEAT_STRIDE + 0.5 * NUM_FRAMES) / FPS
 
 

@@ -11,7 +11,7 @@ every layer's input and output shapes; the counts follow from those shapes, no e
   for local attention (every window slot is computed, also at the borders) or ``T`` for global;
 * LayerNorm, activations, softmax, max-pooling, masking, decoding and NMS are not counted.
 
-FLOPs = 2 x MACs. ``T`` is the padded length the model computes on (spec C.11; default
+FLOPs = 2 x MACs. ``T`` is the padded length the model computes on (padded as the model pads; default
 ``max_seq_len``); the heads count once per pyramid level.
 """
 from __future__ import annotations

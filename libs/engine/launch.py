@@ -27,10 +27,13 @@ __all__ = ["launch_per_device", "per_device_batch"]
 def per_device_batch(cfg: Dict[str, Any], config_path: str) -> int:
     """Videos per process: ``loader.batch_size`` split over the devices in a per-device launch
     (the reference's global batch), else ``loader.batch_size`` (torchrun: per process)."""
-    batch_size = cfg["loader"]["batch_size"]
     if not du.launched_per_device():
-        return batch_size
-    world = du.get_world_size()
+        return cfg["loader"]["batch_size"]
+    return _split_batch(cfg, config_path, du.get_world_size())
+
+
+def _split_batch(cfg: Dict[str, Any], config_path: str, world: int) -> int:
+    batch_size = cfg["loader"]["batch_size"]
     if batch_size % world:
         raise ConfigError(f"{config_path}: loader.batch_size {batch_size} does not split evenly over the "
                           f"{world} devices {cfg['devices']}; use a multiple of {world}")
@@ -51,13 +54,14 @@ def _worker(rank: int, main: Callable, argv: List[str], world: int, port: int) -
     run_main(lambda: main(argv), "train.py")
 
 
-def launch_per_device(main: Callable, argv: List[str], cfg: Dict[str, Any], dry_run: bool,
-                      folder: str) -> Dict[str, Any]:
+def launch_per_device(main: Callable, argv: List[str], cfg: Dict[str, Any], config_path: str,
+                      dry_run: bool, folder: str) -> Dict[str, Any]:
     """Run ``main(argv)`` in one process per ``cfg['devices']`` entry (rank k uses devices[k]);
     returns ``{'ckpt_folder': folder, 'history': []}`` (the processes write the outputs).
 
     A dry run checks in this process only (on ``devices[0]``)."""
     devices = cfg["devices"]
+    _split_batch(cfg, config_path, len(devices))          # fail here, before any process starts
     if dry_run:
         return main(list(argv) + ["--device", devices[0]])
     print(f"starting one training process per device: {', '.join(devices)}", flush=True)

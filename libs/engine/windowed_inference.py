@@ -5,7 +5,7 @@ A video of ``T`` feature-grid steps is cut into windows of ``window`` steps that
 pyramid points are points of the whole-video pyramid). Each pyramid point is *owned* by exactly one
 window, the one in which it lies farthest from a window edge (the overlaps are split in the
 middle), and is decoded from that window's network outputs only. The candidates then go through
-the same steps as whole-video inference (spec E.1, E.2, E.5): the ``pre_nms_topk`` best of each
+the same steps as whole-video inference: the ``pre_nms_topk`` best of each
 level over the whole video (kept as a running top-k, so memory does not grow with ``T``), the
 ``duration_thresh`` filter, one NMS over all windows, conversion to seconds.
 
@@ -83,7 +83,7 @@ def normalise_window(model: nn.Module, window: int, overlap: int) -> Tuple[int, 
 @torch.no_grad()
 def level_outputs(model: nn.Module, item: Mapping[str, Any]
                   ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
-    """Per pyramid level, the network outputs of one video (eval mode, padded as in spec C.11).
+    """Per pyramid level, the network outputs of one video (eval mode, padded as whole-video inference pads it).
 
     Returns points ``T_l x 4`` (grid units), masks ``T_l`` (bool), class logits ``T_l x C`` and
     offsets ``T_l x 2`` (in strides), ``T_l`` = padded length / stride of level l.
@@ -143,7 +143,7 @@ def windowed_inference(model: nn.Module, feats, video: Mapping[str, Any], window
         for level, (pts, mask, lgt, off) in enumerate(zip(points, masks, logits, offsets)):
             t = pts[:, 0] + win.start
             owned = mask & (t >= win.own_start) & (t < win.own_end)
-            # the duration filter waits until the whole-video top-k is known (spec E.1 order)
+            # the duration filter waits until the whole-video top-k is known (the whole-video order)
             segs, scores, labels = decode_candidates([pts], [owned], [lgt], [off],
                                                      cfg["pre_nms_thresh"], cfg["pre_nms_topk"],
                                                      float("-inf"))

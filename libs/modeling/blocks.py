@@ -313,9 +313,15 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0 or x.is_contiguous():
+        if not self.active or x.is_contiguous():
             return super().forward(x)
-        return x * self.noise(x.shape, x)
+        if x.device.type != "cpu":
+            return x * self.noise(x.shape, x)
+        # CPU dropout is one Bernoulli draw per element in logical order; draw the keep mask as
+        # bytes and copy it into x's layout (cheaper than a float noise of the other layout)
+        keep = torch.empty(x.shape, dtype=torch.bool).bernoulli_(1 - self.p)
+        keep = torch.empty_like(x, dtype=torch.bool).copy_(keep)
+        return x * (keep * x.new_tensor(1.0).div_(1 - self.p))
 
     @property
     def active(self) -> bool:

@@ -1,7 +1,7 @@
 """Training engine: optimiser groups, model EMA, seeding, checkpoints, train / valid loops.
 
-Spec references: D.3 (optimiser), D.5 (loop, clipping, EMA), D.6 (seeds), D.7 (checkpoints),
-E / F.5 (inference loop and saved predictions), B.5 (loaders).
+Each piece follows the reference's training script: the same optimiser groups, loop order, EMA
+update, seeding, checkpoint keys and prediction format.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ LOSS_KEYS = ("cls_loss", "reg_loss", "final_loss")
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimiser (spec D.3)
+# Optimiser
 # ---------------------------------------------------------------------------------------------
 def _decays(module: nn.Module, param_name: str) -> Optional[bool]:
     """True / False if ``module.<param_name>`` gets / skips weight decay; None if unknown."""
@@ -48,7 +48,7 @@ def _decays(module: nn.Module, param_name: str) -> Optional[bool]:
 
 
 def make_optimizer(model: nn.Module, optimizer_config: Dict[str, Any]) -> torch.optim.Optimizer:
-    """AdamW or SGD over two parameter groups, each sorted by parameter name (spec D.3).
+    """AdamW or SGD over two parameter groups, each sorted by parameter name (as the reference).
 
     Group 0 (``weight_decay = opt.weight_decay``): weights of convolutions and linear layers.
     Group 1 (no decay): biases, norm weights, ``Scale``/``AffineDropPath`` scales, ``rel_pe``.
@@ -77,7 +77,7 @@ def make_optimizer(model: nn.Module, optimizer_config: Dict[str, Any]) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------
-# Model EMA (spec D.5)
+# Model EMA
 # ---------------------------------------------------------------------------------------------
 class ModelEma(nn.Module):
     """Exponential moving average of every state-dict tensor: ``e <- decay * e + (1 - decay) * m``.
@@ -110,7 +110,7 @@ class ModelEma(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeds and RNG state (spec D.6)
+# Seeds and RNG state
 # ---------------------------------------------------------------------------------------------
 def fix_random_seed(seed: int, include_cuda: bool = True) -> torch.Generator:
     """Seed torch (CPU and CUDA), numpy, ``random`` and ``PYTHONHASHSEED``; with ``include_cuda``
@@ -153,7 +153,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (spec D.7)
+# Checkpoints
 # ---------------------------------------------------------------------------------------------
 def add_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Keys as the reference's DataParallel model names them (``module.`` + key)."""
@@ -247,7 +247,7 @@ def _format_eta(seconds: float) -> str:
 def _train_step(model: nn.Module, video_list, optimizer: torch.optim.Optimizer, scheduler, *,
                 world_size: int, device_type: str, clip_grad_l2norm: float, amp: Optional[str],
                 scaler: Optional[torch.amp.GradScaler], model_ema: Optional[ModelEma]) -> torch.Tensor:
-    """One iteration (spec D.5); returns the detached ``[cls_loss, reg_loss, final_loss]`` (3,)."""
+    """One iteration; returns the detached ``[cls_loss, reg_loss, final_loss]`` (3,)."""
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device_type, amp):
         losses = model(video_list)
@@ -286,7 +286,7 @@ def train_one_epoch(train_loader, model: nn.Module, optimizer: torch.optim.Optim
                     ) -> List[Dict[str, float]]:
     """Train one epoch; returns the per-iteration losses ``[{cls_loss, reg_loss, final_loss}, ...]``.
 
-    Per iteration (spec D.5): zero grads -> forward (under autocast when ``amp``) -> backward ->
+    Per iteration (the reference's order): zero grads -> forward (under autocast when ``amp``) -> backward ->
     clip the global gradient L2 norm -> optimiser step -> scheduler step -> EMA update.
     Under DDP the loss is multiplied by the world size before backward, so that DDP's gradient
     *mean* becomes the gradient of the global-batch loss (the model sums positives over ranks
@@ -357,7 +357,7 @@ def _collect(outputs, vids, starts, ends, labels, scores) -> None:
 
 @torch.no_grad()
 def inference(val_loader, model: nn.Module, amp: Optional[str] = None) -> Dict[str, Any]:
-    """Run the model (eval mode) over ``val_loader``; returns the prediction dict of spec F.5.
+    """Run the model (eval mode) over ``val_loader``; returns the prediction dict the reference saves.
 
     ``{'video-id': list[str], 't-start', 't-end': float32 arrays (seconds), 'label': int64 array,
     'score': float32 array}``, concatenated over videos in loader order. Videos without
@@ -390,7 +390,7 @@ def valid_one_epoch(val_loader, model: nn.Module, curr_epoch: int, ext_score_fil
     """Inference, then either evaluation (average mAP returned, logged as ``validation/mAP``) or,
     with ``output_file`` and no evaluator, pickling the predictions (returns 0.0).
 
-    Score fusion with ``ext_score_file`` (spec E.6) is applied only before evaluation.
+    Score fusion with ``ext_score_file`` (external video-level class scores) is applied only before evaluation.
     TensorBoard: ``validation/mAP`` at ``global_step`` (the training curves' x-axis; default
     ``curr_epoch``) and ``validation/epoch`` (``curr_epoch + 1``) at the same step.
     """
