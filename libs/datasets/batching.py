@@ -56,7 +56,8 @@ class LengthGroupedBatchSampler(Sampler[List[int]]):
 
 
 def training_lengths(dataset) -> List[int]:
-    """Steps each training item will have (at most ``max_seq_len``), from the stored feature
+    """Steps each training item has at most (``max_seq_len`` at most; a random crop may take a
+    few off), from the stored feature
     headers of the first feature folder (ActivityNet's ``force_upsampling``: ``max_seq_len``).
     An unreadable header counts as ``max_seq_len`` (the pre-flight check reports it)."""
     if getattr(dataset, "force_upsampling", False):
