@@ -18,6 +18,10 @@ resident memory after model, input and a warm-up forward; on CUDA,
 input to the end of the forward, as its ``forward`` does); and efficiency: the model's FLOPs per
 iteration (3 × forward, from ``tools/model_summary.py``) over the time, next to a 2048² matmul's
 FLOP rate (the ceiling).
+Also: inference per video of the fast paths with the NMS extension and with the PyTorch NMS
+(what an install without the extension runs), and soft-NMS alone on 2,000 candidates (clustered
+like one video's; 20 classes uniform or concentrated, or class-agnostic with voting; THUMOS test
+settings), C++ vs PyTorch, on the CPU where NMS always runs.
 Timed configurations run interleaved, round-robin, so that load from other processes spreads
 over all of them; min and median are printed, and speed-ups are the median over rounds of the
 ratio within the round (robust to the machine's speed drifting between rounds).
@@ -315,7 +319,7 @@ def main() -> None:
     infer = round_robin({f"{i} {p}": inference_step(model, item, i, p, device)
                          for i, p in configs}, repeats, device)
     installs = round_robin({f"{p} {b}": install_mode_step(model, item, p, device, b)
-                            for p in PRECISIONS for b in ("cpp", "torch")
+                            for p in precisions(device) for b in ("cpp", "torch")
                             if b == "torch" or cpp_nms_available()}, repeats, device)
     del model, optimizer
 
@@ -342,7 +346,7 @@ def main() -> None:
 
     print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
     print("| | C++ extension | no extension (PyTorch NMS) | slowdown |\n|---|---|---|---|")
-    for prec in PRECISIONS:
+    for prec in precisions(device):
         ext, none = installs.get(f"{prec} cpp"), installs[f"{prec} torch"]
         print(f"| ours {prec} | {_fmt_times(ext) if ext else 'not built'} | {_fmt_times(none)} | "
               + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))
