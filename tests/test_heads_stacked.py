@@ -6,16 +6,9 @@ import torch
 
 from libs.modeling.blocks import reference_formulation
 from libs.modeling.heads import ClsHead, RegHead, stack_levels
+from test_fast_paths import single_thread  # noqa: F401  (autouse fixture: one thread)
 
 LENGTHS = [32, 16, 8, 4, 2]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _levels(seed, channels=8, valid=(32, 11), extent=None):

@@ -206,6 +206,20 @@ def install_mode_step(model: torch.nn.Module, item: Dict, precision: str, device
     return run
 
 
+def print_nms_tables(installs: Dict[str, List[float]], precs: List[str], repeats: int) -> None:
+    """Inference per install mode (``installs``: times keyed '<precision> cpp|torch') and
+    soft-NMS alone, C++ vs PyTorch."""
+    print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
+    print("| | C++ extension | no extension (PyTorch NMS) | slowdown |\n|---|---|---|---|")
+    for prec in precs:
+        ext, none = installs.get(f"{prec} cpp"), installs[f"{prec} torch"]
+        print(f"| ours {prec} | {_fmt_times(ext) if ext else 'not built'} | {_fmt_times(none)} | "
+              + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))
+    print("\nNMS per video (CPU, THUMOS test settings), median time (candidates per second)")
+    print("| | C++ extension | PyTorch | PyTorch / C++ (paired median) |\n|---|---|---|---|")
+    print("\n".join(nms_rows(load_config(CONFIG)["test_cfg"], repeats)))
+
+
 # ------------------------------------------------------------------------------------------
 # Peak memory, one subprocess per configuration
 # ------------------------------------------------------------------------------------------
@@ -344,15 +358,7 @@ def main() -> None:
     print(f"\nmodel FLOPs per training iteration: {flops / 1e9:.0f} G "
           f"(3 × forward, batch {len(batch)})")
 
-    print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
-    print("| | C++ extension | no extension (PyTorch NMS) | slowdown |\n|---|---|---|---|")
-    for prec in precisions(device):
-        ext, none = installs.get(f"{prec} cpp"), installs[f"{prec} torch"]
-        print(f"| ours {prec} | {_fmt_times(ext) if ext else 'not built'} | {_fmt_times(none)} | "
-              + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))
-    print("\nNMS per video (CPU, THUMOS test settings), median time (candidates per second)")
-    print("| | C++ extension | PyTorch | PyTorch / C++ (paired median) |\n|---|---|---|---|")
-    print("\n".join(nms_rows(load_config(CONFIG)["test_cfg"], repeats)))
+    print_nms_tables(installs, precisions(device), repeats)
 
     kind = "allocated" if device.startswith("cuda") else "resident"
     lengths = MEMORY_LENGTHS[:2] if args.quick else MEMORY_LENGTHS

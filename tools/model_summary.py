@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.core import ConfigError, load_config  # noqa: E402
 from libs.modeling import MaskedMHCA, make_meta_arch  # noqa: E402
-from libs.modeling.blocks import inference_chunk_steps  # noqa: E402
+from libs.modeling.blocks import inference_chunk_steps, reference_formulation  # noqa: E402
 from libs.engine.windowed_inference import level_outputs  # noqa: E402
 from libs.utils.io import write_json  # noqa: E402
 
@@ -89,7 +89,9 @@ def model_summary(model: nn.Module, length: int) -> List[Dict[str, object]]:
         model.eval()
         device = next(model.parameters()).device
         dim = sum(model.input_dim) if isinstance(model.input_dim, (list, tuple)) else model.input_dim
-        with inference_chunk_steps(None):            # one hook call per layer, whole length
+        # one hook call per layer, whole length, per pyramid level (the heads' fast path runs
+        # all levels in one convolution, with gap steps that are not the model's work)
+        with inference_chunk_steps(None), reference_formulation():
             level_outputs(model, {"video_id": "summary",
                                   "feats": torch.randn(dim, length, device=device)})
     finally:
