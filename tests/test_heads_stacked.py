@@ -1,6 +1,7 @@
-"""Heads over all pyramid levels in one pass (levels stacked along time with zero gaps) ==
-the per-level formulation: outputs and gradients, fp32 to 1e-5, with padded steps, per-video
-extents (inference batches), with and without LayerNorm, and under bf16 autocast."""
+"""Heads over all pyramid levels in one pass (levels stacked along time with zero gaps, the path
+taken under autocast) == the per-level formulation: outputs and gradients, fp32 to 1e-5, with
+padded steps, per-video extents (inference batches), with and without LayerNorm, and under bf16
+autocast."""
 import pytest
 import torch
 
@@ -48,6 +49,14 @@ def _per_level(head, feats, masks, extents):
     return [head._offsets(s, x, m, e) for x, m, e, s in zip(feats, masks, extents, head.scale)]
 
 
+def _stacked(head, feats, masks, extents):
+    """The stacked pass, called directly (the heads take it under autocast only)."""
+    stack = stack_levels(feats, masks, extents or [None] * len(feats), head.kernel_size // 2)
+    if isinstance(head, ClsHead):
+        return stack.split(head._logits(stack.x, stack.mask, stack.extent, stack))
+    return stack.split(head._stacked_offsets(stack))
+
+
 def _outputs_and_grads(head, run, feats):
     outs = run()
     weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(7)) for o in outs]
@@ -67,7 +76,7 @@ def test_stacked_heads_equal_per_level(with_ln, extent):
     feats, masks, extents = _levels(1, extent=extent)   # video 0 fills the tensor, 1 is padded
     for head in _heads(with_ln):
         head.train(extent is None)
-        stacked = _outputs_and_grads(head, lambda: head(feats, masks, extents), feats)
+        stacked = _outputs_and_grads(head, lambda: _stacked(head, feats, masks, extents), feats)
         plain = _outputs_and_grads(head, lambda: _per_level(head, feats, masks, extents), feats)
         assert [o.shape for o in stacked[0]] == [o.shape for o in plain[0]]
         for a, b in zip(stacked[0] + stacked[1], plain[0] + plain[1]):
@@ -92,13 +101,21 @@ def test_gaps_are_needed():
     assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(joined, plain))
 
 
-def test_reference_formulation_runs_per_level(monkeypatch):
+def test_stacked_only_under_autocast_and_not_in_reference_formulation(monkeypatch):
     feats, masks, _ = _levels(3)
     cls, _ = _heads(True)
     import libs.modeling.heads as heads
-    monkeypatch.setattr(heads, "stack_levels", lambda *a: pytest.fail("stacked in reference"))
-    with reference_formulation(), torch.no_grad():
-        cls(feats, masks)
+    calls = []
+    monkeypatch.setattr(heads, "stack_levels", lambda *a: calls.append(1) or stack_levels(*a))
+    with torch.no_grad():
+        cls(feats, masks)                                  # float32: per level
+        assert not calls
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cls(feats, masks)
+            assert calls == [1]
+            with reference_formulation():
+                cls(feats, masks)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("with_ln", [True, False])

@@ -3,12 +3,12 @@
 forward(feats, masks, extents) with one ``B×F×T_l`` / ``B×1×T_l`` / (``B×1×T_l`` or None) per
 level -> one output per level: logits ``B×C×T_l`` or offsets ``B×2×T_l``.
 
-Fast path: all levels run in one pass over a :class:`LevelStack` (levels side by side along
-time, separated by ``k//2`` zero steps that every k-tap convolution sees as the level's tensor
-border), so each layer is one convolution with one weight cast instead of one per level; the
-outputs are views of the stacked result. Equal to the per-level formulation (which runs under
-:func:`~libs.modeling.blocks.reference_formulation` and for chunked long-video inference) to
-float rounding (``tests/test_fast_paths.py``).
+Fast path under autocast (bf16 / fp16): all levels run in one pass over a :class:`LevelStack`
+(levels side by side along time, separated by ``k//2`` zero steps that every k-tap convolution
+sees as the level's tensor border), so each layer is one convolution with one weight cast
+instead of one per level; the outputs are views of the stacked result. Equal to the per-level
+formulation (float32 and the reference formulation run that; so does chunked long-video
+inference) to float rounding (``tests/test_heads_stacked.py``).
 """
 from __future__ import annotations
 
@@ -111,9 +111,12 @@ class _ConvTower(nn.Module):
 
     def _stack(self, feats: Sequence[Tensor], masks: Sequence[Tensor],
                extents: Sequence[Optional[Tensor]]) -> Optional[LevelStack]:
-        """All levels stacked for one pass, or None where the per-level path runs (reference
-        formulation, one level, chunked long-video inference)."""
-        if (reference_formulation_active() or len(feats) < 2
+        """All levels stacked for one pass under autocast (where per-level weight casts and
+        small convolutions cost most; in float32 the per-level convolutions measured faster on
+        CPU), or None where the per-level path runs (also: reference formulation, one level,
+        chunked long-video inference)."""
+        if (not torch.is_autocast_enabled(feats[0].device.type)
+                or reference_formulation_active() or len(feats) < 2
                 or chunked_inference_applies(max(x.shape[-1] for x in feats), self.training)):
             return None
         return stack_levels(feats, masks, extents, self.kernel_size // 2)
