@@ -13,7 +13,8 @@ they are). Prints the mAP table ending with ``Average mAP: xx.xx (%)`` and write
 ``eval_metrics.json`` beside the checkpoint (``eval_metrics_<checkpoint>[_live].json`` for another
 checkpoint than the folder's default or for live weights), recording the checkpoint, its epoch,
 the config and the weights. ``--saveonly`` writes the predictions (before score fusion) as
-``eval_results.pkl`` and ActivityNet-style ``eval_results.json`` instead; ``--save`` does both.
+``eval_results.pkl`` and ActivityNet-style ``eval_results.json`` instead; ``--save`` does both. The
+same ``_<checkpoint>[_live]`` suffix applies to these files, so no evaluation overwrites another's.
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def score(cfg: Dict[str, Any], dataset, results: Dict[str, Any]) -> Dict[str, An
     """Score fusion (when configured) and the mAP table; returns the metrics dict."""
     from libs.utils import ANETdetection, metrics_to_dict, postprocess_results
     evaluator = ANETdetection(dataset.json_file, dataset.split[0],
-                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"])
+                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"],
+                              exclude_videos=dataset.exclude_videos)
     if isinstance(cfg["test_cfg"]["ext_score_file"], str):
         results = postprocess_results(results, cfg["test_cfg"]["ext_score_file"])
     mAP, avg_map, recall = evaluator.evaluate(results, verbose=True)

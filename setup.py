@@ -31,14 +31,14 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any build failure must not block the install
-            _banner(f"NOTE: the C++ NMS extension was not built ({exc}).\n"
+            _banner(f"NOTE: the C++ NMS extension was not built ({exc}).\n" +
                     _FIRST_USE)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
-            _banner(f"NOTE: the C++ NMS extension failed to compile ({exc}).\n"
+            _banner(f"NOTE: the C++ NMS extension failed to compile ({exc}).\n" +
                     _FIRST_USE)
 
 

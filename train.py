@@ -47,7 +47,7 @@ from libs.utils import distributed as du
 from libs.utils.cpu_memory import reuse_freed_memory
 from libs.utils.io import atomic_open
 from libs.utils.lr_schedulers import make_scheduler
-from libs.utils.run_log import RunLog
+from libs.utils.run_log import RunLog, log_only
 from libs.utils.train_utils import (ModelEma, add_module_prefix, fix_random_seed, get_rng_state,
                                     make_optimizer, save_checkpoint, set_rng_state, train_one_epoch,
                                     valid_one_epoch)
@@ -169,7 +169,8 @@ def build_validation(cfg: Dict[str, Any], args: argparse.Namespace):
     check_split_features(dataset, full=args.check_data == "full")
     loader = make_data_loader(dataset, False, torch.Generator().manual_seed(0), 1, cfg["loader"]["num_workers"])
     evaluator = ANETdetection(dataset.json_file, dataset.split[0],
-                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"])
+                              tiou_thresholds=dataset.get_attributes()["tiou_thresholds"],
+                              exclude_videos=dataset.exclude_videos)
     return loader, evaluator
 
 
@@ -356,6 +357,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if du.is_main_process():
             print(f"All done! {max_epochs - start_epoch} epoch(s) in {time.time() - start:.1f} s; "
                   f"checkpoints in {folder}", flush=True)
+    except BaseException as exc:        # the reason goes into train.log too (printed by run_main)
+        log_only(f"stopped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise
     finally:
         if tb_writer is not None:
             tb_writer.close()

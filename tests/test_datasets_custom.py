@@ -59,7 +59,7 @@ def test_custom_training_pipeline_through_loader(tmp_path):
 
 # ---------------------------------------------------------------------------------- bad input
 def test_registry_lists_names_for_unknown_loader():
-    with pytest.raises(KeyError, match=r"unknown dataset 'thumos14'.*anet, custom, ego4d, epic, thumos"):
+    with pytest.raises(KeyError, match=r"unknown dataset 'thumos14'.*anet, custom, ego4d, epic, hacs, thumos"):
         DATASETS.get("thumos14")
 
 

@@ -99,3 +99,22 @@ def test_total_dimension_checked_after_concatenation(ego4d):
                                          r".*egovlp_features/clip-a.npy: video 'clip-a': features have dimension "
                                          r"3 \+ 2 \+ 1 = 6, but dataset.input_dim is 2560"):
         ds[0]
+
+
+def test_data_check_compares_feature_types_from_their_headers(ego4d, tmp_path, capsys):
+    from libs.datasets.data_check import check_split_features
+    folders = ego4d["feat_folder"]
+    save_npy(folders[1], "clip-a", ramp(39, 2, base=0.25))            # omnivore one step short
+    ds = make_dataset("ego4d", True, ["training"], **dict(ego4d, input_dim=6))
+    with pytest.raises(ValueError) as info:
+        check_split_features(ds)
+    assert str(info.value).splitlines() == [
+        "feature check of split ['training']: 1 problem:",
+        f"  video 'clip-a': feature types have different lengths T ({folders[0]}/clip-a.npy: 40, "
+        f"{folders[1]}/clip-a.npy: 39, {folders[2]}/clip-a.npy: 40); they must align"]
+    save_npy(folders[1], "clip-a", ramp(40, 3, base=0.25))            # right length, one channel too many
+    with pytest.raises(ValueError, match=r"features have dimension 3 \+ 3 \+ 1 = 7, but dataset.input_dim is 6"):
+        check_split_features(ds)
+    save_npy(folders[1], "clip-a", ramp(40, 2, base=0.25))
+    check_split_features(ds)
+    assert "data check: 3 feature files of split ['training'] OK (headers and shapes" in capsys.readouterr().out

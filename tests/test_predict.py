@@ -347,3 +347,32 @@ def test_windows_of_a_long_video_find_the_planted_actions():
         iou = inter / (segs[:, 1] - segs[:, 0] + gt[1] - gt[0] - inter)
         hits = top & (labels == label) & (iou >= 0.5)
         assert hits.any(), f"planted action {start}-{end} class {label} not found"
+
+
+def test_no_video_succeeded_keeps_the_earlier_output(demo, tmp_path, capsys):
+    out = tmp_path / "detections.json"
+    assert predict.main([demo["config"], demo["ckpt"], str(demo["feat_dir"] / "vid0.npy"), "--out", str(out)]) == 0
+    before = out.read_text()
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"garbage")
+    assert predict.main([demo["config"], demo["ckpt"], str(bad), "--out", str(out), "--csv",
+                         str(tmp_path / "d.csv")]) == 1
+    assert f"no video succeeded: {out} not written" in capsys.readouterr().err
+    assert out.read_text() == before and not (tmp_path / "d.csv").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []     # no temp files left
+
+
+def test_weights_live_reads_state_dict(demo, tmp_path):
+    ckpt = torch.load(demo["ckpt"])
+    live = {k: v + 0.05 if v.is_floating_point() else v for k, v in ckpt["state_dict_ema"].items()}
+    torch.save({"epoch": 1, "state_dict_ema": ckpt["state_dict_ema"], "state_dict": live},
+               tmp_path / "both.pth.tar")
+    files = [str(demo["feat_dir"] / "vid2.npy")]
+    for weights in ("ema", "live"):
+        assert predict.main([demo["config"], str(tmp_path / "both.pth.tar"), *files, "--weights", weights,
+                             "--out", str(tmp_path / f"{weights}.json")]) == 0
+    ema = json.load(open(tmp_path / "ema.json"))["results"]["vid2"]
+    live_out = json.load(open(tmp_path / "live.json"))["results"]["vid2"]
+    assert ema != live_out
+    with pytest.raises(KeyError, match="checkpoint has no 'state_dict' entry"):
+        predict.main([demo["config"], demo["ckpt"], *files, "--weights", "live", "--out", str(tmp_path / "x.json")])

@@ -276,3 +276,25 @@ def test_scale_drop_path_and_sinusoid_helpers():
     assert table.shape == (1, 4, 7)
     torch.testing.assert_close(table[0, :, 5], torch.tensor(
         [math.sin(5.0), math.cos(5.0), math.sin(5.0 / 100.0), math.cos(5.0 / 100.0)]))
+
+
+def test_factories_take_the_reference_keyword_sets():
+    """``make_backbone`` / ``make_neck`` / ``make_generator`` with the keyword dicts the
+    reference's detector passes (attention-map dropout and the point buffer length included)."""
+    torch.manual_seed(0)
+    backbone = modeling.make_backbone("convTransformer", **{
+        "n_in": 6, "n_embd": 16, "n_head": 4, "n_embd_ks": 3, "max_len": 64, "arch": (2, 2, 3),
+        "mha_win_size": [5] * 4, "scale_factor": 2, "with_ln": True, "attn_pdrop": 0.0,
+        "proj_pdrop": 0.1, "path_pdrop": 0.1, "use_abs_pe": True, "use_rel_pe": False}).eval()
+    neck = modeling.make_neck("fpn", **{"in_channels": [16] * 4, "out_channel": 16,
+                                        "scale_factor": 2, "start_level": 0, "with_ln": True})
+    generator = modeling.make_generator("point", **{
+        "max_seq_len": 64 * 4.0, "fpn_strides": [1, 2, 4, 8],
+        "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]]})
+    x, mask = torch.randn(2, 6, 64), _mask([64, 40], 64)
+    feats, masks = neck(*backbone(x * mask, mask))
+    assert [f.shape[-1] for f in feats] == [64, 32, 16, 8]
+    assert [m[1, 0].sum().item() for m in masks] == [40, 20, 10, 5]
+    points = generator(feats)
+    assert points[2][:3].tolist() == [[0.0, 8.0, 16.0, 4.0], [4.0, 8.0, 16.0, 4.0],
+                                      [8.0, 8.0, 16.0, 4.0]]

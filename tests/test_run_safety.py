@@ -179,6 +179,8 @@ def test_ctrl_c_says_where_and_how_to_resume(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "ckpt" / "demo_c"
     assert status == 130
     assert err == [f"train.py: interrupted at epoch 2, iteration 2; resume with --resume {folder}/last.pth.tar"]
+    assert open(folder / "train.log").read().splitlines()[-1] == (
+        f"stopped: interrupted at epoch 2, iteration 2; resume with --resume {folder}/last.pth.tar")
     steps.clear()
     with pytest.raises(Interrupted, match="interrupted at epoch 1, iteration 2; no checkpoint was saved yet"):
         steps.extend([1, 1])
@@ -285,3 +287,31 @@ def test_checkpoint_torch_save_round_trip(tmp_path):
     train_utils.save_checkpoint({"epoch": 3, "w": torch.arange(4)}, True, str(tmp_path), "x.pth.tar")
     assert sorted(os.listdir(tmp_path)) == ["model_best.pth.tar", "x.pth.tar"]      # no temp files left
     assert load_checkpoint(str(tmp_path / "x.pth.tar"))["epoch"] == 3
+
+
+def test_permission_error_on_the_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    opts = _opts(tmp_path)
+    real_makedirs = os.makedirs
+
+    def no_write(path, *args, **kwargs):
+        if "demo_p" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", no_write)
+    status, err = _one_line(capsys, "train.py", lambda: _train(opts, "--output", "p"))
+    assert status == 1
+    assert err == [f"train.py: error: cannot write the run folder: {tmp_path / 'ckpt' / 'demo_p'}: permission denied"]
+
+
+def test_feature_error_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    opts = _opts(tmp_path) + ["loader.num_workers=1"]
+    feats = tmp_path / "data" / "features"
+    name = sorted(p.name for p in feats.iterdir() if "validation" in p.name)[0]
+    arr = np.load(feats / name)
+    arr[0, 0] = np.inf                     # passes the header check, fails when read
+    np.save(feats / name, arr)
+    status, err = _one_line(capsys, "train.py", lambda: _train(opts, "--output", "w"))
+    assert status == 1 and len(err) == 1
+    assert err[0] == (f"train.py: error: {feats / name}: video '{name[:-4]}': features contain 1 NaN/Inf values "
+                      "(first at step 0, channel 0)")

@@ -51,6 +51,23 @@ def test_per_frame_transform_equals_the_weights_transform_on_a_clip():
     torch.testing.assert_close(ours, theirs)
 
 
+def test_i3d_rgb_input_is_the_ports_scaling_and_crop():
+    from libs.video.backbones import I3dExtractor, resize_short_side
+    from libs.video.options import ExtractorOptions
+
+    rng = np.random.default_rng(1)
+    square = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    wide = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    (got,), = I3dExtractor(ExtractorOptions(weights="none", short_side=224), cpu).frame_inputs(
+        iter([square]))
+    expected = torch.from_numpy(square).permute(2, 0, 1).float() / 255 * 2 - 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)    # [-1, 1], no resize
+    assert resize_short_side(wide, 256).shape == (256, 341, 3)
+    (got,), = I3dExtractor(ExtractorOptions(weights="none"), cpu).frame_inputs(iter([wide]))
+    assert got.shape == (3, 224, 224)
+
+
 def test_unknown_weights_name():
     with pytest.raises(ValueError, match="r2plus1d_18 has weights KINETICS400_V1"):
         from libs.video.backbones import build_extractor
@@ -58,6 +75,16 @@ def test_unknown_weights_name():
 
         build_extractor(ExtractorOptions(backbone="r2plus1d_18", weights="IMAGENET"),
                         torch.device("cpu"))
+
+
+def test_clip_lengths_the_models_cannot_take():
+    from libs.video.backbones import build_extractor
+    from libs.video.options import ExtractorOptions
+
+    for name, clip, need in (("s3d", 8, "at least 14"), ("mvit_v2_s", 32, "exactly 16")):
+        with pytest.raises(ValueError, match=f"--clip-len {clip}: {name} needs {need} frames"):
+            build_extractor(ExtractorOptions(backbone=name, weights="none", clip_len=clip),
+                            torch.device("meta"))
 
 
 def test_flow_scaling_known_answer():

@@ -134,15 +134,25 @@ def test_bad_inputs_get_one_line_each_and_the_others_go_on(videos, tmp_path, cap
     assert sorted(os.listdir(tmp_path / "out")) == ["features_meta.json", "v21_30.npy"]
 
 
+def test_errors_inside_preprocessing_name_the_video(videos, tmp_path, capsys):
+    code, _, err = run_tool(capsys, videos / "v21_30.mp4", tmp_path, "--backbone", "i3d",
+                            "--weights", "none", "--short-side", "32", "--crop-size", "48",
+                            "--no-progress")
+    assert code == 1
+    assert err.strip() == f"error: {videos}/v21_30.mp4: frames of 32x38 are smaller than the " \
+                          f"48x48 crop"
+
+
 def test_zero_frame_video(tmp_path, capsys):
     import av
 
-    path = tmp_path / "empty.mp4"
+    path = tmp_path / "empty.avi"            # a header and a video stream, no frames
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=30)
         stream.width, stream.height, stream.pix_fmt = 48, 40, "yuv420p"
+        container.start_encoding()
     code, out, err = run_tool(capsys, path, tmp_path / "out", *TINY)
-    assert code == 1 and "empty.mp4: " in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and err.strip() == f"error: {path}: the video has no frames"
 
 
 def test_bad_weights_and_backbone_stop_with_one_line(videos, tmp_path, capsys):

@@ -23,18 +23,10 @@ def moving_square_frames(num_frames: int, height: int, width: int) -> np.ndarray
 def write_video(path: str, num_frames: int, fps: Union[int, Fraction] = 30, height: int = 64,
                 width: int = 80) -> np.ndarray:
     """Encode :func:`moving_square_frames` with MPEG-4 at ``fps``; returns the frames written."""
-    import av
+    from libs.video.encoding import write_frames
 
     frames = moving_square_frames(num_frames, height, width)
-    with av.open(path, "w") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"qscale": "2"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_frames(path, frames, fps, height, width)
     return frames
 
 

@@ -1,4 +1,5 @@
-"""Speed and memory of the THUMOS model (configs/thumos_i3d.yaml): reference formulation vs ours.
+"""Speed and memory of a THUMOS-sized model (configs/thumos_i3d.yaml, or --config): reference
+formulation vs ours.
 
 Side by side, with the same weights and inputs (random features, batch 2 × 2048 × 2304):
 
@@ -26,7 +27,12 @@ Timed configurations run interleaved, round-robin, so that load from other proce
 over all of them; min and median are printed, and speed-ups are the median over rounds of the
 ratio within the round (robust to the machine's speed drifting between rounds).
 
-    python tools/benchmark.py [--quick] [--device cpu|cuda] [--threads N] [--repeats R]
+    python tools/benchmark.py [--quick] [--device cpu|cuda] [--threads N] [--repeats R] [--config CONFIG]
+
+``--config`` times another model on the same THUMOS-shaped input, e.g. TriDet's
+``configs/tridet/thumos_i3d.yaml`` ("reference" then means the plain formulation of the same layers)
+or ``configs/temporalmaxer/temporalmaxer_thumos_i3d.yaml`` (its pooling levels have no separate
+reference formulation: both columns differ only in the shared layers).
 """
 from __future__ import annotations
 
@@ -50,8 +56,7 @@ from libs.modeling.blocks import reference_formulation  # noqa: E402
 from libs.utils.cpu_memory import reuse_freed_memory  # noqa: E402
 from libs.utils.nms import auto_backend, batched_nms, cpp_nms_available  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                      "thumos_i3d.yaml")
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "thumos_i3d.yaml")
 TRAIN_LENGTH = 2304
 MEMORY_LENGTHS = (2304, 9216, 36864)
 IMPLS = ("reference", "ours")
@@ -63,9 +68,9 @@ def precisions(device: str) -> List[str]:
     return ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
 
 
-def build_model(device: str, seed: int = 0) -> torch.nn.Module:
+def build_model(device: str, seed: int = 0, config: str = CONFIG) -> torch.nn.Module:
     torch.manual_seed(seed)
-    cfg = load_config(CONFIG)
+    cfg = load_config(config)
     return make_meta_arch(cfg["model_name"], **cfg["model"]).to(device)
 
 
@@ -147,12 +152,12 @@ def matmul_rate(dtype: torch.dtype, device: str, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def forward_flops_per_video(length: int) -> float:
+def forward_flops_per_video(length: int, config: str) -> float:
     """FLOPs of one forward pass (backbone, neck, heads) on one video, from the model summary."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from model_summary import model_summary
     with torch.device("cpu"):
-        model = build_model("cpu")
+        model = build_model("cpu", config=config)
     return 2.0 * sum(row["macs"] for row in model_summary(model, length))
 
 
@@ -209,7 +214,8 @@ def install_mode_step(model: torch.nn.Module, item: Dict, precision: str, device
     return run
 
 
-def print_nms_tables(installs: Dict[str, List[float]], precs: List[str], repeats: int) -> None:
+def print_nms_tables(installs: Dict[str, List[float]], precs: List[str], repeats: int,
+                     test_cfg: Dict) -> None:
     """Inference per install mode (``installs``: times keyed '<precision> cpp|torch') and
     soft-NMS alone, C++ vs PyTorch."""
     print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
@@ -220,7 +226,7 @@ def print_nms_tables(installs: Dict[str, List[float]], precs: List[str], repeats
               + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))
     print("\nNMS per video (CPU, THUMOS test settings), median CPU time (candidates per second)")
     print("| | C++ extension | PyTorch | PyTorch / C++ (paired median) |\n|---|---|---|---|")
-    print("\n".join(nms_rows(load_config(CONFIG)["test_cfg"], repeats)))
+    print("\n".join(nms_rows(test_cfg, repeats)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,11 +258,11 @@ def _hold_padded_input(model: torch.nn.Module) -> None:
     model.backbone.embed = embed_and_hold
 
 
-def memory_probe(length: int, impl: str, device: str) -> Dict[str, float]:
+def memory_probe(length: int, impl: str, device: str, config: str) -> Dict[str, float]:
     """Peak memory of one fp32 inference forward of ``length`` steps above what model, input
     and two warm-up forwards (one at this length, so that the timing excludes first-call kernel
     selection) already hold (MiB), and its time (s)."""
-    model = build_model(device).eval()
+    model = build_model(device, config=config).eval()
     item = make_item(length, 3)
     if impl == "reference":
         _hold_padded_input(model)
@@ -276,9 +282,10 @@ def memory_probe(length: int, impl: str, device: str) -> Dict[str, float]:
     return {"seconds": seconds, "extra_mib": peak - base}
 
 
-def run_probe(length: int, impl: str, device: str, threads: Optional[int]) -> Dict[str, float]:
+def run_probe(length: int, impl: str, device: str, threads: Optional[int],
+              config: str) -> Dict[str, float]:
     cmd = [sys.executable, os.path.abspath(__file__), "--probe", str(length), "--impl", impl,
-           "--device", device] + (["--threads", str(threads)] if threads else [])
+           "--device", device, "--config", config] + (["--threads", str(threads)] if threads else [])
     # glibc returns every block of 64 KiB or more to the system when freed (no adaptive mmap
     # threshold, no heap fragments): resident memory then follows the live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -308,24 +315,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds (default 7, --quick 2)")
+    parser.add_argument("--config", default=CONFIG,
+                        help="model config with 2048-d THUMOS input (default configs/thumos_i3d.yaml)")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="ours", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.probe is not None:
-        print(json.dumps(memory_probe(args.probe, args.impl, args.device)))
+        print(json.dumps(memory_probe(args.probe, args.impl, args.device, args.config)))
         return
     device = args.device
     reuse_freed_memory()                        # as train.py / eval.py; not in the probes
     repeats = args.repeats or (2 if args.quick else 7)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
-    print(f"torch {torch.__version__}, device {device} ({name}), "
+    print(f"{os.path.relpath(args.config)}: torch {torch.__version__}, device {device} ({name}), "
           f"{torch.get_num_threads()} threads; times in s as min / median of {repeats} rounds")
 
     configs = [(impl, prec) for impl in IMPLS for prec in precisions(device)]
     columns = [f"{impl} {prec}" for impl, prec in configs]
-    model = build_model(device)
+    model = build_model(device, config=args.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     model.train()
     batch = [make_item(TRAIN_LENGTH, 0), make_item(TRAIN_LENGTH, 1)]
@@ -341,7 +350,7 @@ def main() -> None:
     del model, optimizer
 
     base_train, base_infer = train["reference fp32"], infer["reference fp32"]
-    flops = 3 * forward_flops_per_video(TRAIN_LENGTH) * len(batch)
+    flops = 3 * forward_flops_per_video(TRAIN_LENGTH, args.config) * len(batch)
     peak = {prec: matmul_rate(AUTOCAST_DTYPES[prec] or torch.float32, device)
             for prec in precisions(device)}
     matmul_size = 8192 if device.startswith("cuda") else 2048
@@ -361,14 +370,15 @@ def main() -> None:
     print(f"\nmodel FLOPs per training iteration: {flops / 1e9:.0f} G "
           f"(3 × forward, batch {len(batch)})")
 
-    print_nms_tables(installs, precisions(device), repeats)
+    print_nms_tables(installs, precisions(device), repeats,
+                     load_config(args.config)["test_cfg"])
 
     kind = "allocated" if device.startswith("cuda") else "resident"
     lengths = MEMORY_LENGTHS[:2] if args.quick else MEMORY_LENGTHS
     print(f"\nwhole-video inference, fp32: peak {kind} memory above model + input, MiB (time, s)")
     print("| steps | reference | ours | ratio |\n|---|---|---|---|")
     for length in lengths:
-        ref, ours = (run_probe(length, impl, device, args.threads) for impl in IMPLS)
+        ref, ours = (run_probe(length, impl, device, args.threads, args.config) for impl in IMPLS)
         print(f"| {length} | {ref['extra_mib']:.0f} ({ref['seconds']:.2f}) | "
               f"{ours['extra_mib']:.0f} ({ours['seconds']:.2f}) | "
               f"{ours['extra_mib'] / ref['extra_mib']:.2f} |")

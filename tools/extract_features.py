@@ -61,7 +61,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default cpu)")
     parser.add_argument("--amp", choices=sorted(AMP), default=None, help="autocast dtype")
     parser.add_argument("--workers", type=int, default=0,
-                        help="videos decoded ahead in background threads (default 0)")
+                        help="more videos decoded ahead, each in its own thread (default 0: "
+                             "only the current video is decoded, in a background thread)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -119,15 +120,15 @@ class Extraction:
         return os.path.join(self.args.out_dir, f"{video_id}.npy")
 
     def opened(self, videos: Sequence[Tuple[str, str]]) -> Iterator[Tuple[str, str, Any]]:
-        """``(video_id, path, (reader, batches) or error)``, ``--workers`` videos decoded ahead."""
-        from libs.video.extract import Prefetcher, open_video_batches
+        """``(video_id, path, (reader, batches) or error)``; each video is decoded in a background
+        thread, ``--workers`` more videos are decoded ahead."""
+        from libs.video.extract import open_video_batches
 
         ahead: deque = deque()
         for vid, path in videos:
             try:
-                reader, make = open_video_batches(path, self.extractor, self.opts,
-                                                  self.args.batch_size)
-                ahead.append((vid, path, (reader, Prefetcher(make) if self.args.workers else make())))
+                ahead.append((vid, path, open_video_batches(path, self.extractor, self.opts,
+                                                            self.args.batch_size)))
             except ValueError as exc:
                 ahead.append((vid, path, exc))
             while len(ahead) > self.args.workers:
@@ -145,13 +146,14 @@ class Extraction:
     def run(self, videos: Sequence[Tuple[str, str]]) -> None:
         from tqdm import tqdm
 
+        from libs.video.extract import failure_message
         from libs.video.sampling import num_clips
 
         quiet = self.args.no_progress
         for vid, path, item in tqdm(self.opened(videos), total=len(videos), desc="videos",
                                     unit="video", disable=quiet, position=0):
             if isinstance(item, Exception):
-                self.fail(str(item))
+                self.fail(failure_message(path, item))
                 continue
             reader, batches = item
             total = num_clips(reader.expected_frames, self.opts.clip_len, self.opts.stride)
@@ -160,7 +162,7 @@ class Extraction:
                 try:
                     self.run_one(vid, reader, batches, bar)
                 except (ValueError, OSError, RuntimeError) as exc:
-                    self.fail(str(exc).splitlines()[0] if str(exc) else repr(exc))
+                    self.fail(failure_message(path, exc))
 
     def fail(self, message: str) -> None:
         self.failures.append(message)

@@ -29,8 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.core import ConfigError, load_config  # noqa: E402
 from libs.modeling import MaskedMHCA, make_meta_arch  # noqa: E402
-from libs.modeling.blocks import inference_chunk_steps, reference_formulation  # noqa: E402
-from libs.engine.windowed_inference import level_outputs  # noqa: E402
+from libs.modeling.blocks import inference_chunk_steps  # noqa: E402
 from libs.utils.io import write_json  # noqa: E402
 
 __all__ = ["block_name", "model_summary", "format_summary"]
@@ -39,7 +38,7 @@ __all__ = ["block_name", "model_summary", "format_summary"]
 def block_name(module_name: str) -> str:
     """The block a module (or parameter owner) belongs to: ``backbone.embd`` (input projection
     and embedding convs), ``backbone.stem.i``, ``backbone.branch.j``, ``neck``, ``cls_head``,
-    ``reg_head``."""
+    ``reg_head`` (TriDet: also ``start_head``, ``end_head``)."""
     parts = module_name.split(".")
     if parts[0] == "backbone":
         return ".".join(parts[:3]) if parts[1] in ("stem", "branch") else "backbone.embd"
@@ -89,11 +88,13 @@ def model_summary(model: nn.Module, length: int) -> List[Dict[str, object]]:
         model.eval()
         device = next(model.parameters()).device
         dim = sum(model.input_dim) if isinstance(model.input_dim, (list, tuple)) else model.input_dim
-        # one hook call per layer, whole length, per pyramid level (the heads' fast path runs
-        # all levels in one convolution, with gap steps that are not the model's work)
-        with inference_chunk_steps(None), reference_formulation():
-            level_outputs(model, {"video_id": "summary",
-                                  "feats": torch.randn(dim, length, device=device)})
+        item = {"video_id": "summary", "feats": torch.randn(dim, length, device=device),
+                "fps": 30.0, "duration": 1e8, "feat_stride": 4, "feat_num_frames": 16}
+        test_cfg = model.test_cfg   # the whole inference pass; decoding kept tiny, no NMS
+        model.test_cfg = {**test_cfg, "pre_nms_topk": 1, "nms_method": "none"}
+        with inference_chunk_steps(None):            # one hook call per layer, whole length
+            model([item])
+        model.test_cfg = test_cfg
     finally:
         for handle in handles:
             handle.remove()

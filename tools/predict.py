@@ -309,7 +309,7 @@ def predict_videos(predictor: "Predictor", videos: List[Tuple[str, str]], extrac
     import tempfile
 
     from libs.datasets.feature_io import FeatureFile
-    from libs.video.extract import extract_file, open_video_batches
+    from libs.video.extract import extract_file, failure_message, open_video_batches
 
     opts, model = extractor
     with tempfile.TemporaryDirectory(prefix="predict_features_") as tmp:
@@ -317,10 +317,10 @@ def predict_videos(predictor: "Predictor", videos: List[Tuple[str, str]], extrac
             npy = os.path.join(tmp, f"{vid}.npy")
             try:
                 reader, batches = open_video_batches(path, model, opts, batch_size)
-                predictor.video_records[vid] = extract_file(reader, batches(), model, opts, npy,
+                predictor.video_records[vid] = extract_file(reader, batches, model, opts, npy,
                                                             device)
             except (ValueError, OSError, RuntimeError) as exc:
-                predictor.fail(str(exc).splitlines()[0])
+                predictor.fail(failure_message(path, exc))
                 continue
             predictor.run(FeatureFile(vid, npy))
             predictor.flush()           # the batch may hold this file's features

@@ -35,6 +35,9 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     text = str(exc).strip()
+    if "Original Traceback" in text:     # re-raised from a DataLoader worker: keep the original message
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
     if isinstance(exc, (RunError, ValueError, FileNotFoundError)) or type(exc).__name__ == "ConfigError":
         return text
     first = text.splitlines()[0] if text else ""

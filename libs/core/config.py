@@ -1,6 +1,6 @@
 """YAML configuration: reference defaults, recursive merge, validation and overrides.
 
-``load_config(path)`` returns a plain nested dict, exactly the reference's (spec G): the YAML
+``load_config(path)`` returns a plain nested dict, exactly the reference's: the YAML
 merged over :data:`DEFAULTS`, then the derived fields filled in (``model.input_dim``,
 ``model.num_classes``, ``model.max_seq_len`` copied from ``dataset``; ``model.train_cfg`` and
 ``model.test_cfg`` being the very same dict objects as the top-level sections).
@@ -19,12 +19,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "ConfigError", "load_config", "config_from_dict",
-           "load_default_config", "apply_overrides", "validate_config", "save_config",
-           "max_div_factor"]
+__all__ = ["DEFAULTS", "EXTRA_DEFAULTS", "TRIDET_DEFAULTS", "ConfigError", "load_config",
+           "config_from_dict", "load_default_config", "apply_overrides", "validate_config",
+           "save_config", "max_div_factor", "schema_defaults"]
 
 # --------------------------------------------------------------------------------------------
-# Defaults: identical in keys and values to the reference (spec G.1).
+# Defaults: identical in keys and values to the reference.
 # --------------------------------------------------------------------------------------------
 DEFAULTS: Dict[str, Any] = {
     "init_rand_seed": 1234567891,
@@ -116,11 +116,16 @@ DEFAULTS: Dict[str, Any] = {
 # Keys this project adds on top of the reference. Their defaults reproduce the reference; they
 # are filled in like the defaults, so a resolved config always shows them.
 EXTRA_DEFAULTS: Dict[str, Any] = {
+    "dataset": {
+        "widen_truncation": None,  # training crop clips actions to its window widened by half a
+                                   # feature window (true) or not (false); null: the loader's rule
+        "exclude_videos": [],      # video ids left out of training and evaluation, e.g. THUMOS14's
+    },                             # mislabelled video_test_0000270 and video_test_0001292
     "amp": None,                  # None | 'bf16' | 'fp16': autocast around the model's forward
     "ema_decay": 0.999,           # model EMA decay per iteration (the reference's constant)
     "test_cfg": {
         "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
-    },                            # (changes outputs near video ends, spec C.2; faster on short videos)
+    },                            # (changes outputs near video ends; faster on short videos)
     # Less padded work in training (changes what the coarse levels see near video ends):
     # pad each batch to its longest video rounded up to max_div_factor instead of max_seq_len,
     # and (length_bucketing) batch videos of similar length together.
@@ -139,7 +144,50 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     },
 }
 
-# Keys with no default that a YAML may (or, for data paths, should) carry (spec G).
+# --------------------------------------------------------------------------------------------
+# TriDet schema (issue 13): TriDet's own defaults (its libs/core/config.py), used for configs
+# with ``model_name: TriDet``, or with no ``model_name`` and any TriDet-only model key.
+# --------------------------------------------------------------------------------------------
+TRIDET_NAME = "TriDet"
+TRIDET_DEFAULTS: Dict[str, Any] = {
+    **{k: v for k, v in DEFAULTS.items() if k not in ("model", "opt")},
+    "model_name": TRIDET_NAME,
+    "dataset": {**DEFAULTS["dataset"], "widen_truncation": False},   # TriDet's loaders' crop
+    "model": {
+        "backbone_type": "SGP",               # SGP | conv
+        "fpn_type": "identity",               # identity | fpn
+        "backbone_arch": (2, 2, 5),           # #embedding convs, #stem SGP, #branch SGP
+        "scale_factor": 2,
+        "regression_range": [(0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10000)],
+        "n_sgp_win_size": -1,                 # int or per-level list: window w of each level
+        "embd_kernel_size": 3,
+        "embd_dim": 512,
+        "embd_with_ln": True,
+        "sgp_mlp_dim": None,                  # SGP MLP width; None: 4 x embd_dim (no TriDet default)
+        "fpn_dim": 512,
+        "fpn_with_ln": True,
+        "head_dim": 512,
+        "head_kernel_size": 3,
+        "boudary_kernel_size": 3,             # (sic, TriDet's key) start / end heads' kernel
+        "head_num_layers": 3,
+        "head_with_ln": True,
+        "max_buffer_len_factor": 6.0,
+        "use_abs_pe": False,
+        "use_trident_head": True,
+        "downsample_type": "max",             # max | avg
+        "k": 1.5,                             # long-kernel factor of SGP
+        "init_conv_vars": 0,                  # std of SGP depthwise conv init (0: all zero)
+        "num_bins": 16,                       # Trident bins (excluding 0)
+        "iou_weight_power": 1.0,              # focal loss x IoU**power on positives
+        "input_noise": 0,                     # std of Gaussian noise added to training inputs
+    },
+    "opt": {**DEFAULTS["opt"], "eta_min": 1e-8},
+}
+# Keys only TriDet's model block has: their presence (and no model_name) selects TriDet's schema.
+_TRIDET_ONLY_MODEL_KEYS = frozenset(TRIDET_DEFAULTS["model"]) - frozenset(DEFAULTS["model"])
+# --- end TriDet schema ---
+
+# Keys with no default that a YAML may (or, for data paths, should) carry.
 _OPTIONAL_KEYS = {
     "output_folder": (str,),
     "dataset.json_file": (str,),
@@ -147,6 +195,16 @@ _OPTIONAL_KEYS = {
     "dataset.file_prefix": (str, type(None)),
     "dataset.file_ext": (str, type(None)),
     "opt.early_stop_epochs": (int,),
+    # --- TemporalMaxer: SimOTA label assignment (absent or null: ActionFormer's assignment) ---
+    "model.assigner": (dict, type(None)),
+    "model.assigner.center_radius": (int, float),
+    "model.assigner.iou_weight": (int, float),
+    "model.assigner.cls_weight": (int, float),
+    "model.assigner.keep_percent": (int, float),
+    "model.assigner.confuse_weight": (int, float),
+    "model.fpn_norm": (str, type(None)),          # TemporalMaxerArchitecture's neck only
+    # --- end TemporalMaxer ---
+    "dataset.backbone_type": (str,),   # HACS (TriDet's configs): feature type i3d | slowfast | tsp
 }
 # Derived keys (present in a saved resolved config); recomputed on every load.
 _DERIVED_KEYS = ("model.input_dim", "model.num_classes", "model.max_seq_len",
@@ -166,6 +224,9 @@ _EXPLICIT_TYPES = {
     "features.fps": _NUMBER + (type(None),),
     "features.rgb_weights": (str, type(None)),
     "features.flow_weights": (str, type(None)),
+    "model.n_sgp_win_size": (int, list),          # TriDet
+    "model.sgp_mlp_dim": (int, type(None)),       # TriDet
+    "dataset.widen_truncation": (bool, type(None)),
 }
 # Integer-valued fields (counts, sizes); other fields with an integer default accept any number.
 _INTEGER_KEYS = {
@@ -175,6 +236,7 @@ _INTEGER_KEYS = {
     "model.head_kernel_size", "model.head_num_layers", "test_cfg.pre_nms_topk",
     "test_cfg.max_seg_num", "opt.epochs", "opt.warmup_epochs", "opt.early_stop_epochs",
     "features.clip_len", "features.stride", "features.short_side", "features.crop_size",
+    "model.boudary_kernel_size", "model.num_bins",                           # TriDet
 }
 _CHOICES = {
     "train_cfg.center_sample": ("radius", "none"),
@@ -182,6 +244,9 @@ _CHOICES = {
     "opt.type": ("AdamW", "SGD"),
     "opt.schedule_type": ("cosine", "multistep"),
     "amp": (None, "bf16", "fp16"),
+    "model.downsample_type": ("max", "avg"),      # TriDet
+    "model.fpn_norm": ("groupnorm", "layernorm", None),
+    "dataset.backbone_type": ("i3d", "slowfast", "tsp"),
 }
 
 
@@ -221,9 +286,22 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def _known_paths() -> Dict[str, Any]:
-    """Every accepted dotted key, mapped to its default (None where there is none)."""
-    known = _flatten(DEFAULTS)
+def schema_defaults(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The defaults table of ``cfg``'s schema: TriDet's when ``model_name`` is ``TriDet``, or
+    when no ``model_name`` is given and the model block has a key only TriDet has; else the
+    reference's."""
+    name = cfg.get("model_name")
+    model = cfg.get("model")
+    if name == TRIDET_NAME or (name is None and isinstance(model, dict)
+                               and _TRIDET_ONLY_MODEL_KEYS & set(model)):
+        return TRIDET_DEFAULTS
+    return DEFAULTS
+
+
+def _known_paths(defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Every accepted dotted key of a schema (the reference's by default), mapped to its default
+    (None where there is none)."""
+    known = _flatten(DEFAULTS if defaults is None else defaults)
     known.update(_flatten(EXTRA_DEFAULTS))
     for key in list(_OPTIONAL_KEYS) + list(_DERIVED_KEYS):
         known.setdefault(key, None)
@@ -291,7 +369,7 @@ def _check_type(path: str, value: Any, types: tuple) -> Optional[str]:
 # Validation
 # --------------------------------------------------------------------------------------------
 def max_div_factor(scale_factor: int, num_levels: int, win_sizes: Sequence[int]) -> int:
-    """Largest length every pyramid level's attention needs to divide (spec C.11).
+    """Largest length every pyramid level's attention needs to divide.
 
     Level ``l`` (stride ``s = scale_factor**l``) needs ``s * 2 * (w // 2)`` for a local window
     ``w > 1`` and ``s`` for global attention.
@@ -306,13 +384,23 @@ def max_div_factor(scale_factor: int, num_levels: int, win_sizes: Sequence[int])
 
 def _check_values(cfg: Dict[str, Any]) -> List[str]:
     """Cross-field checks; assumes types are already right."""
+    if cfg["model_name"] == TRIDET_NAME:
+        return _check_tridet_values(cfg) + _check_common_values(cfg)
     errors = []
-    model, data, opt = cfg["model"], cfg["dataset"], cfg["opt"]
+    model, data = cfg["model"], cfg["dataset"]
     arch = model["backbone_arch"]
-    if len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
+    if model["backbone_type"] == "convPooler":   # TemporalMaxer: no stem
+        if len(arch) != 2 or any(not isinstance(a, int) or a < 0 for a in arch):
+            return [f"model.backbone_arch: expected two non-negative integers for convPooler "
+                    f"(embedding convs, pooling levels), got {arch!r}"]
+    elif len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
         return [f"model.backbone_arch: expected three non-negative integers "
                 f"(embedding convs, stem blocks, branch blocks), got {arch!r}"]
-    num_levels = arch[2] + 1
+    num_levels = arch[-1] + 1
+    if "fpn_norm" in model and cfg["model_name"] != "TemporalMaxerArchitecture":
+        errors.append("model.fpn_norm: only TemporalMaxerArchitecture has this key")
+    if "backbone_type" in data and cfg["dataset_name"] != "hacs":
+        errors.append("dataset.backbone_type: only the hacs data set has this key")
     wins = model["n_mha_win_size"]
     if isinstance(wins, list):
         if len(wins) != num_levels:
@@ -348,11 +436,20 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
     if model["fpn_type"] == "identity" and embd_total != model["fpn_dim"]:
         errors.append(f"model.fpn_dim: the identity neck needs fpn_dim == embd_dim ({embd_total}), "
                       f"got {model['fpn_dim']}")
+    if model["n_head"] <= 0:
+        errors.append(f"model.n_head: must be > 0, got {model['n_head']}")
+    return errors + _check_common_values(cfg)
+
+
+def _check_common_values(cfg: Dict[str, Any]) -> List[str]:
+    """Checks of the data, loader, optimiser and training values every model shares."""
+    errors = []
+    data, opt = cfg["dataset"], cfg["opt"]
     positive = [("dataset.max_seq_len", data["max_seq_len"]), ("dataset.num_classes", data["num_classes"]),
                 ("dataset.feat_stride", data["feat_stride"]), ("dataset.num_frames", data["num_frames"]),
                 ("dataset.downsample_rate", data["downsample_rate"]),
-                ("loader.batch_size", cfg["loader"]["batch_size"]), ("model.n_head", model["n_head"]),
-                ("model.scale_factor", model["scale_factor"])]
+                ("loader.batch_size", cfg["loader"]["batch_size"]),
+                ("model.scale_factor", cfg["model"]["scale_factor"])]
     errors += [f"{k}: must be > 0, got {v}" for k, v in positive if v <= 0]
     if cfg["loader"]["num_workers"] < 0:
         errors.append(f"loader.num_workers: must be >= 0, got {cfg['loader']['num_workers']}")
@@ -374,12 +471,55 @@ def _check_values(cfg: Dict[str, Any]) -> List[str]:
     return errors
 
 
+
+# --- TriDet schema checks (issue 13) ---
+def _check_tridet_values(cfg: Dict[str, Any]) -> List[str]:
+    """Cross-field checks of a TriDet config's model block."""
+    model, data = cfg["model"], cfg["dataset"]
+    arch = model["backbone_arch"]
+    if len(arch) != 3 or any(not isinstance(a, int) or a < 0 for a in arch):
+        return [f"model.backbone_arch: expected three non-negative integers "
+                f"(embedding convs, stem SGP blocks, branch SGP blocks), got {arch!r}"]
+    errors = []
+    num_levels = arch[2] + 1
+    wins = model["n_sgp_win_size"]
+    wins = wins if isinstance(wins, list) else [wins] * num_levels
+    if len(wins) != num_levels:
+        errors.append(f"model.n_sgp_win_size: a list needs one window per pyramid level "
+                      f"({num_levels} for backbone_arch {arch}), got {len(wins)}")
+    elif model["backbone_type"] == "SGP" and any(w % 2 == 0 for w in wins[1:]):
+        errors.append(f"model.n_sgp_win_size: SGP windows must be odd, got {wins}")
+    if len(model["regression_range"]) != num_levels:
+        errors.append(f"model.regression_range: expected {num_levels} [min, max] pairs "
+                      f"(one per pyramid level), got {len(model['regression_range'])}")
+    if model["backbone_type"] not in ("SGP", "conv"):
+        errors.append(f"model.backbone_type: expected one of SGP, conv, got {model['backbone_type']!r}")
+    if not isinstance(data["input_dim"], int) or not isinstance(model["embd_dim"], int):
+        errors.append("dataset.input_dim / model.embd_dim: TriDet takes one feature source (integers)")
+    elif model["backbone_type"] == "SGP" and model["embd_dim"] % 16:
+        errors.append(f"model.embd_dim: SGP's GroupNorm needs a multiple of 16, got {model['embd_dim']}")
+    if model["fpn_type"] == "identity" and model["embd_dim"] != model["fpn_dim"]:
+        errors.append(f"model.fpn_dim: the identity neck needs fpn_dim == embd_dim "
+                      f"({model['embd_dim']}), got {model['fpn_dim']}")
+    coarsest = model["scale_factor"] ** arch[2]
+    if data["max_seq_len"] % coarsest:
+        errors.append(f"dataset.max_seq_len: {data['max_seq_len']} is not divisible by the "
+                      f"coarsest pyramid stride {coarsest}")
+    for key in ("num_bins", "boudary_kernel_size", "head_kernel_size", "embd_kernel_size"):
+        if model[key] < 0 or (key != "num_bins" and model[key] % 2 == 0):
+            errors.append(f"model.{key}: expected a{'n odd' if key != 'num_bins' else ''} "
+                          f"non-negative integer, got {model[key]}")
+    return errors
+# --- end TriDet schema checks ---
+
+
 def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
     """Raise :class:`ConfigError` listing every unknown key, wrong type and impossible value.
 
-    ``source`` (a file name or ``--opts``) prefixes each line.
+    ``source`` (a file name or ``--opts``) prefixes each line. The schema (reference or TriDet)
+    follows ``cfg['model_name']``.
     """
-    known = _known_paths()
+    known = _known_paths(schema_defaults(cfg))
     errors = []
     for path, value in _flatten(cfg).items():
         if path not in known:
@@ -417,7 +557,7 @@ def load_default_config() -> Dict[str, Any]:
 
 
 def _update_derived(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Fill the derived model fields (spec G): copies of dataset fields and shared sections."""
+    """Fill the derived model fields: copies of dataset fields and shared sections."""
     cfg["model"]["input_dim"] = cfg["dataset"]["input_dim"]
     cfg["model"]["num_classes"] = cfg["dataset"]["num_classes"]
     cfg["model"]["max_seq_len"] = cfg["dataset"]["max_seq_len"]
@@ -459,7 +599,7 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Optional[Sequence[str]]) -> 
     """
     if not overrides:
         return cfg
-    known = _known_paths()
+    known = _known_paths(schema_defaults(cfg))
     for item in overrides:
         path, value = _parse_override(item)
         path = path.replace("model.train_cfg.", "train_cfg.").replace("model.test_cfg.", "test_cfg.")
@@ -487,7 +627,8 @@ def load_config(config_file: str, overrides: Optional[Sequence[str]] = None,
     Args:
         config_file: path of a YAML file (a shipped config or a saved ``config.yaml``).
         overrides: optional ``["section.key=value", ...]`` applied after the file.
-        defaults: the table to merge over (the reference defaults when omitted).
+        defaults: the table to merge over (when omitted: the reference's defaults, or TriDet's
+            for a TriDet config, see :func:`schema_defaults`).
     Returns:
         a plain nested dict; ``cfg['model']['train_cfg'] is cfg['train_cfg']``.
     """
@@ -523,7 +664,11 @@ def config_from_dict(cfg: Dict[str, Any], overrides: Optional[Sequence[str]] = N
             saved = cfg["model"].pop(section)
             if isinstance(saved, dict):
                 cfg.setdefault(section, saved)
-    _merge_defaults(_as_lists(DEFAULTS if defaults is None else defaults), cfg)
+    for item in overrides or ():   # --opts model_name=... chooses the schema (and its defaults)
+        path, value = _parse_override(item)
+        if path == "model_name":
+            cfg["model_name"] = value
+    _merge_defaults(_as_lists(schema_defaults(cfg) if defaults is None else defaults), cfg)
     _merge_defaults(_as_lists(EXTRA_DEFAULTS), cfg)
     _update_derived(cfg)
     validate_config(cfg, source=source)

@@ -66,6 +66,23 @@ def _grid_length(dataset, num_stored: int) -> Optional[int]:
     return (num_stored + dataset.downsample_rate - 1) // dataset.downsample_rate
 
 
+def _combined_problem(reader: FeatureReader, vid: str, shapes) -> Optional[str]:
+    """Several feature types of one video: equal lengths, and the total width when ``input_dim``
+    is one number (the headers only; the loader checks the same on reading)."""
+    if len(shapes) < 2:
+        return None
+    paths = [reader.path(f, vid) for f in reader.folders]
+    if len({shape[0] for shape in shapes}) > 1:
+        lengths = ", ".join(f"{p}: {shape[0]}" for p, shape in zip(paths, shapes))
+        return f"video '{vid}': feature types have different lengths T ({lengths}); they must align"
+    total = sum(shape[1] for shape in shapes)
+    if not isinstance(reader.input_dim, (list, tuple)) and total != reader.input_dim:
+        widths = " + ".join(str(shape[1]) for shape in shapes)
+        return (f"{' + '.join(paths)}: video '{vid}': features have dimension {widths} = {total}, "
+                f"but dataset.input_dim is {reader.input_dim}")
+    return None
+
+
 def _check_video(dataset, video: dict, report: ProblemReport, full: bool) -> int:
     """Check one video's feature file(s); returns how many files were looked at."""
     reader, vid = dataset.reader, video["id"]
@@ -90,8 +107,12 @@ def _check_video(dataset, video: dict, report: ProblemReport, full: bool) -> int
         shapes.append(shape)
     if len(shapes) != len(reader.folders):
         return len(reader.folders)
+    problem = _combined_problem(reader, vid, shapes)
+    if problem:
+        report.error(None, problem)
+        return len(reader.folders)
     try:
-        if full or len(shapes) > 1:     # several types: lengths / total width checked on reading
+        if full:
             reader.read(vid)
     except ValueError as exc:
         report.error(None, str(exc).splitlines()[0])
@@ -101,8 +122,8 @@ def _check_video(dataset, video: dict, report: ProblemReport, full: bool) -> int
         stride = dataset.feat_stride * dataset.downsample_rate
         grid = seconds_to_grid(video["segments"], video["fps"], stride, 0.5 * dataset.num_frames / stride)
         if bool((grid[:, 0] >= length).any()):
-            report.warn(f"actions starting after the last feature (features shorter than the "
-                        f"annotations; check feat_stride / fps)", vid)
+            report.warn("actions starting after the last feature (features shorter than the "
+                        "annotations; check feat_stride / fps)", vid)
     return len(reader.folders)
 
 

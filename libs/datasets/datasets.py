@@ -25,10 +25,15 @@ from .batching import LengthGroupedBatchSampler
 from .data_utils import (FeatureReader, ProblemReport, seconds_to_grid, trivial_batch_collator,
                          truncate_feats, worker_init_reset_seed)
 
-__all__ = ["DATASETS", "register_dataset", "ActionDataset", "make_dataset", "make_data_loader"]
+__all__ = ["DATASETS", "register_dataset", "ActionDataset", "make_dataset", "make_data_loader",
+           "THUMOS14_MISLABELLED_TEST_VIDEOS"]
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
+
+# THUMOS14 test videos with wrong annotations; later work evaluates on the 211 other test videos
+# (``dataset.exclude_videos``); the reference keeps all 213
+THUMOS14_MISLABELLED_TEST_VIDEOS = ("video_test_0000270", "video_test_0001292")
 
 # duration used when a JSON entry has none (spec B.1)
 _NO_DURATION = 1e8
@@ -62,6 +67,11 @@ class ActionDataset(Dataset):
         input_dim: feature channels (int, or one int per folder); num_classes: classes.
         file_prefix, file_ext: feature file name = ``prefix + video_id + ext``.
         force_upsampling: ActivityNet only: resize every video to ``max_seq_len`` steps.
+        widen_truncation: True: the training crop clips actions to its window widened by half a
+            feature window on each side (the reference); False: to the window itself (TriDet's
+            loaders); None: the loader's own rule (class attribute ``widen_truncation``).
+        exclude_videos: video ids left out of every split (each must be in the JSON), e.g.
+            THUMOS14's two mislabelled test videos (:data:`THUMOS14_MISLABELLED_TEST_VIDEOS`).
     """
 
     dataset_name = "action"
@@ -70,13 +80,16 @@ class ActionDataset(Dataset):
     exact_num_classes = True        # False: the JSON may use fewer than num_classes classes
     report_empty_classes = False    # fill get_attributes()['empty_label_ids'] (spec B.6)
     requires_duration = False       # False: a missing duration means 1e8 s
+    widen_truncation = True         # training crops clip actions to the window ± feat_offset
 
     def __init__(self, is_training: bool, split: Sequence[str], *, json_file: str,
                  feat_folder: Union[str, Sequence[str]], feat_stride: int, num_frames: int,
                  input_dim: Union[int, Sequence[int]], num_classes: int, max_seq_len: int,
                  trunc_thresh: float, default_fps: Optional[float] = None, downsample_rate: int = 1,
                  crop_ratio: Optional[Sequence[float]] = None, file_prefix: Optional[str] = None,
-                 file_ext: Optional[str] = ".npy", force_upsampling: bool = False) -> None:
+                 file_ext: Optional[str] = ".npy", force_upsampling: bool = False,
+                 widen_truncation: Optional[bool] = None,
+                 exclude_videos: Sequence[str] = ()) -> None:
         if isinstance(split, str):
             split = [split]
         if crop_ratio is not None and len(crop_ratio) != 2:
@@ -96,7 +109,10 @@ class ActionDataset(Dataset):
         self.input_dim = input_dim
         self.num_classes = num_classes
         self.force_upsampling = force_upsampling
-        self.reader = FeatureReader(feat_folder, file_prefix, file_ext, input_dim)
+        if widen_truncation is not None:
+            self.widen_truncation = widen_truncation
+        self.exclude_videos = frozenset(exclude_videos)
+        self.reader = self._feature_reader(feat_folder, file_prefix, file_ext, input_dim)
 
         report = ProblemReport(json_file)
         database = self._load_database(json_file)
@@ -191,9 +207,11 @@ class ActionDataset(Dataset):
 
     def _build_video_list(self, database: Dict[str, Any], report: ProblemReport) -> Tuple[dict, ...]:
         split = {s.lower() for s in self.split}
+        for vid in sorted(self.exclude_videos - set(database)):
+            report.error(vid, "listed in dataset.exclude_videos but not in the file")
         selected = []
         for vid, entry in database.items():
-            if not isinstance(entry, dict):
+            if not isinstance(entry, dict) or vid in self.exclude_videos:
                 continue
             subset = entry.get("subset")
             if not isinstance(subset, str):
@@ -275,6 +293,11 @@ class ActionDataset(Dataset):
         return [c for c in range(self.num_classes) if c not in used]
 
     # ------------------------------------------------------------------ hooks
+    def _feature_reader(self, feat_folder: Union[str, Sequence[str]], file_prefix: Optional[str],
+                        file_ext: Optional[str], input_dim: Union[int, Sequence[int]]) -> FeatureReader:
+        """The reader of the feature files; default: :class:`FeatureReader` on these settings."""
+        return FeatureReader(feat_folder, file_prefix, file_ext, input_dim)
+
     def _select_annotations(self, vid: str, acts: List[dict], report: ProblemReport) -> List[dict]:
         """Filter the (well-formed) annotations of one video; default: keep all."""
         return acts
@@ -322,7 +345,8 @@ class ActionDataset(Dataset):
                 "feat_num_frames": num_frames}  # frames
         item.update(self._extra_fields(video))
         if self.is_training and segments is not None:
-            item = truncate_feats(item, self.max_seq_len, self.trunc_thresh, feat_offset, self.crop_ratio)
+            offset = feat_offset if self.widen_truncation else 0.0
+            item = truncate_feats(item, self.max_seq_len, self.trunc_thresh, offset, self.crop_ratio)
         return item
 
     def get_attributes(self) -> Dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Backbones: embedding convs followed by a stem and a down-sampling branch (spec C.3-C.7).
+"""Backbones: embedding convs followed by a stem and a down-sampling branch.
 
 forward(x ``B×D×T``, mask ``B×1×T``, extent) -> (features, masks), one pair per pyramid level
 l = 0 … arch[2]: ``B×E×T/2^l`` and ``B×1×T/2^l``.
@@ -22,8 +22,8 @@ Dims = Union[int, Sequence[int]]
 
 
 class _EmbeddingBackbone(nn.Module):
-    """Shared structure: the optional per-source 1×1 projection (spec A.3), the embedding convs
-    (masked conv -> LayerNorm -> ReLU, spec C.3), then ``stem`` (stride 1) and ``branch``
+    """Shared structure: the optional per-source 1×1 projection, the embedding convs
+    (masked conv -> LayerNorm -> ReLU), then ``stem`` (stride 1) and ``branch``
     (stride ``scale_factor`` each) block lists that sub-classes build."""
 
     def _build_embedding(self, n_in: Dims, n_embd: Dims, kernel_size: int, n_layers: int,
@@ -97,47 +97,32 @@ class _EmbeddingBackbone(nn.Module):
             nn.init.zeros_(module.bias)
 
 
-@register_backbone("convTransformer")
-class ConvTransformerBackbone(_EmbeddingBackbone):
-    """Embedding convs -> [absolute PE] -> ``arch[1]`` stem blocks -> ``arch[2]`` strided blocks.
+class _AbsolutePositionMixin:
+    """Sinusoidal absolute position embedding added after the embedding convs.
 
-    Args follow the reference: ``n_in`` input channels (or per-source list), ``n_embd`` width
-    (or per-source list), ``n_head``, ``n_embd_ks`` embedding kernel, ``max_len`` (= max_seq_len,
-    length of the PE table), ``arch``, ``mha_win_size`` (one window per level, ≤ 1 = global),
-    ``scale_factor`` (branch stride), ``with_ln``, ``attn_pdrop`` (attention-map dropout),
-    ``proj_pdrop`` (dropout), ``path_pdrop`` (drop-path), ``use_abs_pe``, ``use_rel_pe``.
+    Needs ``use_abs_pe``, ``max_len``, ``training`` and (when enabled) the ``pos_embd`` buffer,
+    made by :meth:`_register_position_table`.
     """
 
-    def __init__(self, n_in: Dims, n_embd: Dims, n_head: int, n_embd_ks: int, max_len: int,
-                 arch: Sequence[int] = (2, 2, 5), mha_win_size: Sequence[int] = (-1,) * 6,
-                 scale_factor: int = 2, with_ln: bool = False, attn_pdrop: float = 0.0,
-                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0, use_abs_pe: bool = False,
-                 use_rel_pe: bool = False) -> None:
-        super().__init__()
-        if len(arch) != 3 or len(mha_win_size) != 1 + arch[2]:
+    def _set_pyramid(self, arch: Sequence[int], windows: Sequence[int], max_len: int,
+                     scale_factor: int, use_abs_pe: bool) -> None:
+        """Check ``arch`` (#embd, #stem, #branch) against one window per level; keep the fields."""
+        if len(arch) != 3 or len(windows) != 1 + arch[2]:
             raise ValueError(f"backbone_arch must be (#embd, #stem, #branch) and give one window "
-                             f"per level: arch={tuple(arch)}, windows={list(mha_win_size)}")
+                             f"per level: arch={tuple(arch)}, windows={list(windows)}")
         self.arch = tuple(arch)
         self.max_len = max_len
         self.scale_factor = scale_factor
         self.use_abs_pe = use_abs_pe
-        width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
-        if use_abs_pe:
-            table = sinusoid_position_table(max_len, width) / (width ** 0.5)
+
+    def _register_position_table(self, width: int) -> None:
+        if self.use_abs_pe:
+            table = sinusoid_position_table(self.max_len, width) / (width ** 0.5)
             self.register_buffer("pos_embd", table, persistent=False)
-        drops = {"attn_pdrop": attn_pdrop, "proj_pdrop": proj_pdrop, "path_pdrop": path_pdrop}
-        self.stem = nn.ModuleList([
-            TransformerBlock(width, n_head, (1, 1), mha_win_size=mha_win_size[0],
-                             use_rel_pe=use_rel_pe, **drops) for _ in range(arch[1])])
-        self.branch = nn.ModuleList([
-            TransformerBlock(width, n_head, (scale_factor, scale_factor),
-                             mha_win_size=mha_win_size[1 + idx], use_rel_pe=use_rel_pe, **drops)
-            for idx in range(arch[2])])
-        self.apply(self._zero_biases)
 
     def _position_embedding(self, T: int, extent: Optional[Tensor]) -> Tensor:
         """Absolute PE for a padded batch: ``1×E×T``, or ``B×E×T`` when videos in the batch have
-        different extents (each gets the table stretched to its own extent, spec C.4)."""
+        different extents (each gets the table stretched to its own extent)."""
         if self.training:
             if T > self.max_len:
                 raise ValueError(f"training sequence of {T} steps is longer than max_seq_len "
@@ -160,9 +145,40 @@ class ConvTransformerBackbone(_EmbeddingBackbone):
         return x + pe.to(x.dtype) * mask.to(x.dtype)
 
 
+@register_backbone("convTransformer")
+class ConvTransformerBackbone(_AbsolutePositionMixin, _EmbeddingBackbone):
+    """Embedding convs -> [absolute PE] -> ``arch[1]`` stem blocks -> ``arch[2]`` strided blocks.
+
+    Args follow the reference: ``n_in`` input channels (or per-source list), ``n_embd`` width
+    (or per-source list), ``n_head``, ``n_embd_ks`` embedding kernel, ``max_len`` (= max_seq_len,
+    length of the PE table), ``arch``, ``mha_win_size`` (one window per level, ≤ 1 = global),
+    ``scale_factor`` (branch stride), ``with_ln``, ``attn_pdrop`` (attention-map dropout),
+    ``proj_pdrop`` (dropout), ``path_pdrop`` (drop-path), ``use_abs_pe``, ``use_rel_pe``.
+    """
+
+    def __init__(self, n_in: Dims, n_embd: Dims, n_head: int, n_embd_ks: int, max_len: int,
+                 arch: Sequence[int] = (2, 2, 5), mha_win_size: Sequence[int] = (-1,) * 6,
+                 scale_factor: int = 2, with_ln: bool = False, attn_pdrop: float = 0.0,
+                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0, use_abs_pe: bool = False,
+                 use_rel_pe: bool = False) -> None:
+        super().__init__()
+        self._set_pyramid(arch, mha_win_size, max_len, scale_factor, use_abs_pe)
+        width = self._build_embedding(n_in, n_embd, n_embd_ks, arch[0], with_ln)
+        self._register_position_table(width)
+        drops = {"attn_pdrop": attn_pdrop, "proj_pdrop": proj_pdrop, "path_pdrop": path_pdrop}
+        self.stem = nn.ModuleList([
+            TransformerBlock(width, n_head, (1, 1), mha_win_size=mha_win_size[0],
+                             use_rel_pe=use_rel_pe, **drops) for _ in range(arch[1])])
+        self.branch = nn.ModuleList([
+            TransformerBlock(width, n_head, (scale_factor, scale_factor),
+                             mha_win_size=mha_win_size[1 + idx], use_rel_pe=use_rel_pe, **drops)
+            for idx in range(arch[2])])
+        self.apply(self._zero_biases)
+
+
 @register_backbone("conv")
 class ConvBackbone(_EmbeddingBackbone):
-    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks (spec C.7)."""
+    """Embedding convs -> ``arch[1]`` ConvBlocks -> ``arch[2]`` strided ConvBlocks."""
 
     def __init__(self, n_in: Dims, n_embd: Dims, n_embd_ks: int,
                  arch: Sequence[int] = (2, 2, 5), scale_factor: int = 2,

@@ -1,9 +1,9 @@
-"""Building blocks of the ActionFormer model (spec C.2, C.4-C.7).
+"""Building blocks of the ActionFormer model.
 
 Every tensor is channel-first: features ``B×C×T``, masks ``B×1×T`` (bool, True on real steps).
 Lengths are feature-grid steps of the level the tensor lives on.
 
-Padding semantics (spec C.2, C.11). A *padded* step lies inside a video's padded extent but after
+Padding semantics. A *padded* step lies inside a video's padded extent but after
 its last real step; the reference leaves LayerNorm biases there and convolutions at the end of
 the video read them. A step *beyond the extent* exists only because a shorter video shares a
 batch with a longer one; it must look like the tensor border. Modules therefore take an optional
@@ -71,7 +71,7 @@ def _overridden(setting: list, value: object) -> Iterator[None]:
 
 def reference_formulation(enabled: bool = True) -> ContextManager[None]:
     """Within this context every module runs its ``forward_reference`` (the reference's plain
-    channel-first formulation, spec C.2-C.6) and local attention runs
+    channel-first formulation) and local attention runs
     :func:`local_attention_chunked`, instead of the fast paths. For benchmarks and equivalence
     tests; not thread-safe."""
     return _overridden(_REFERENCE_MODE, enabled)
@@ -152,7 +152,7 @@ def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
 
 
 class MaskedConv1D(nn.Module):
-    """``Conv1d`` (odd kernel k, padding k//2) whose output is zeroed on padded steps (spec C.2).
+    """``Conv1d`` (odd kernel k, padding k//2) whose output is zeroed on padded steps.
 
     The reference's signature: ``padding`` must be ``kernel_size // 2``; ``dilation`` 1 and
     ``padding_mode`` 'zeros' are the only supported values.
@@ -245,7 +245,7 @@ class LayerNorm(nn.Module):
     """LayerNorm over the channel axis of ``B×C×T``.
 
     ``y = (x - mean_c) / sqrt(var_c + eps) · weight + bias`` (biased variance); weight and bias
-    have shape ``1×C×1`` (checkpoint layout, spec C.12). Computed by the fused ``F.layer_norm``
+    have shape ``1×C×1`` (checkpoint layout). Computed by the fused ``F.layer_norm``
     on the channels-last buffer (output channels-last); :meth:`forward_reference` writes it out
     as the reference does.
     """
@@ -285,7 +285,7 @@ class LayerNorm(nn.Module):
 
 
 def sinusoid_position_table(length: int, dim: int) -> Tensor:
-    """Absolute position table ``1×dim×length`` (float32), spec C.4 (before the 1/sqrt(dim)).
+    """Absolute position table ``1×dim×length`` (float32), before the 1/sqrt(dim) scaling.
 
     ``PE[2i, pos] = sin(pos / 10000^(2i/dim))``, ``PE[2i+1, pos] = cos(same)``; computed in
     float64.
@@ -399,7 +399,7 @@ class MaskedMHA(_AttentionBase):
 
 
 class MaskedMHCA(_AttentionBase):
-    """Multi-head *conv* attention with masking and optional down-sampling, global (spec C.6).
+    """Multi-head *conv* attention with masking and optional down-sampling, global.
 
     forward: x ``B×E×T`` (the block's LayerNorm output), mask ``B×1×T`` ->
     (``B×E×T/s``, mask ``B×1×T/s``), ``s = n_kv_stride``. Depthwise strided convs + LayerNorm
@@ -473,13 +473,13 @@ class LocalMaskedMHCA(MaskedMHCA):
 # Blocks
 # --------------------------------------------------------------------------------------------
 class TransformerBlock(nn.Module):
-    """Pre-LN Transformer block with optional strided down-sampling (spec C.5).
+    """Pre-LN Transformer block with optional strided down-sampling.
 
     forward: x ``B×E×T``, mask ``B×1×T`` [, pos_embd ``·×E×T/s`` added to the output on real
     steps] -> (``B×E×T/s``, mask ``B×1×T/s``); outputs are exactly zero on padded steps. The
     attention is :class:`LocalMaskedMHCA` for ``mha_win_size > 1``, else :class:`MaskedMHCA`
     (``use_rel_pe`` applies to local attention only). The stride-s skip is a max-pool over the
-    zero-padded input (−inf only at the tensor border, spec C.2 / I.21).
+    zero-padded input (−inf only at the tensor border).
     """
 
     def __init__(self, n_embd: int, n_head: int, n_ds_strides: Sequence[int] = (1, 1),
@@ -545,7 +545,7 @@ class TransformerBlock(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """ResNet basic block for the ``conv`` backbone (spec C.7).
+    """ResNet basic block for the ``conv`` backbone.
 
     forward: x ``B×E×T``, mask [, pos_embd (ignored, as in the reference)] ->
     (``B×E_out×T/s``, mask). ``out = act(conv2(act(conv1(x))) + res)`` with res = x (s = 1) or a

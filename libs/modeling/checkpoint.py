@@ -1,4 +1,4 @@
-"""Loading weights, e.g. a released checkpoint's ``state_dict_ema``, into a model (spec C.12)."""
+"""Loading weights, e.g. a released checkpoint's ``state_dict_ema``, into a model."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Classification and regression heads, shared across pyramid levels (spec C.10).
+"""Classification and regression heads, shared across pyramid levels.
 
 forward(feats, masks, extents) with one ``B×F×T_l`` / ``B×1×T_l`` / (``B×1×T_l`` or None) per
 level -> one output per level: logits ``B×C×T_l`` or offsets ``B×2×T_l``.
@@ -25,7 +25,7 @@ from .blocks import (LayerNorm, MaskedConv1D, Scale, chunked_inference_applies,
 
 __all__ = ["ClsHead", "RegHead", "LevelStack", "stack_levels"]
 
-# bias of a class that never occurs in the annotations: sigmoid(bias) = 1e-6 (spec C.10)
+# bias of a class that never occurs in the annotations: sigmoid(bias) = 1e-6
 _EMPTY_CLASS_PRIOR = 1e-6
 
 
@@ -158,13 +158,16 @@ class ClsHead(_ConvTower):
 
 class RegHead(_ConvTower):
     """Non-negative (left, right) distances in units of the level stride:
-    ``ReLU(scale_l · conv(x))`` with one learnable ``Scale`` per level."""
+    ``ReLU(scale_l · conv(x))`` with one learnable ``Scale`` per level.
+
+    ``out_dim`` output channels (2; TriDet's Trident head: ``2 · (num_bins + 1)`` bin logits).
+    """
 
     def __init__(self, input_dim: int, feat_dim: int, fpn_levels: int, num_layers: int = 3,
-                 kernel_size: int = 3, with_ln: bool = False) -> None:
+                 kernel_size: int = 3, with_ln: bool = False, out_dim: int = 2) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.scale = nn.ModuleList([Scale() for _ in range(fpn_levels)])
-        self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size, padding=kernel_size // 2)
+        self.offset_head = MaskedConv1D(feat_dim, out_dim, kernel_size, padding=kernel_size // 2)
 
     def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor],
                 extents: Optional[Sequence[Optional[Tensor]]] = None) -> List[Tensor]:

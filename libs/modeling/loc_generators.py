@@ -1,4 +1,4 @@
-"""Location generator: the anchor points of every pyramid level (spec C.9)."""
+"""Location generator: the anchor points of every pyramid level."""
 from __future__ import annotations
 
 import math

@@ -1,11 +1,11 @@
-"""Loss functions (spec D.2). Both compute in float32 whatever the input dtype."""
+"""Loss functions. Both compute in float32 whatever the input dtype."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sigmoid_focal_loss", "ctr_diou_loss_1d"]
+__all__ = ["sigmoid_focal_loss", "ctr_diou_loss_1d", "ctr_iou_loss_1d"]
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -36,6 +36,26 @@ def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return _reduce(loss, reduction)
 
 
+def _anchored_iou(input_offsets: Tensor, target_offsets: Tensor, eps: float) -> Tensor:
+    """IoU of ``N×2`` (left, right) float32 offset pairs sharing their anchor point."""
+    lp, rp = input_offsets[:, 0], input_offsets[:, 1]
+    lg, rg = target_offsets[:, 0], target_offsets[:, 1]
+    intersection = torch.min(lp, lg) + torch.min(rp, rg)
+    union = (lp + rp) + (lg + rg) - intersection
+    return intersection / union.clamp(min=eps)
+
+
+def ctr_iou_loss_1d(input_offsets: Tensor, target_offsets: Tensor, reduction: str = "none",
+                    eps: float = 1e-8) -> Tensor:
+    """``1 - IoU`` between segments sharing their anchor point (TriDet's ``ctr_giou_loss_1d``:
+    for such segments the generalised IoU equals the IoU).
+
+    input_offsets, target_offsets: ``N×2`` non-negative (left, right) distances from the point.
+    """
+    loss = 1.0 - _anchored_iou(input_offsets.float(), target_offsets.float(), eps)
+    return _reduce(loss, reduction)
+
+
 def ctr_diou_loss_1d(input_offsets: Tensor, target_offsets: Tensor, reduction: str = "none",
                      eps: float = 1e-8) -> Tensor:
     """1-D Distance-IoU loss between segments sharing their anchor point.
@@ -48,9 +68,7 @@ def ctr_diou_loss_1d(input_offsets: Tensor, target_offsets: Tensor, reduction: s
     target_offsets = target_offsets.float()
     lp, rp = input_offsets[:, 0], input_offsets[:, 1]
     lg, rg = target_offsets[:, 0], target_offsets[:, 1]
-    intersection = torch.min(lp, lg) + torch.min(rp, rg)
-    union = (lp + rp) + (lg + rg) - intersection
-    iou = intersection / union.clamp(min=eps)
+    iou = _anchored_iou(input_offsets, target_offsets, eps)
     enclosing = torch.max(lp, lg) + torch.max(rp, rg)
     rho = 0.5 * (rp - lp - rg + lg)
     loss = 1.0 - iou + torch.square(rho / enclosing.clamp(min=eps))

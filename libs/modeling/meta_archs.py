@@ -1,4 +1,4 @@
-"""The single-stage detector ``LocPointTransformer`` (spec C, D.1, D.2, E.1, E.2, E.5).
+"""The single-stage detector ``LocPointTransformer``.
 
 Data flow: list of item dicts -> pad + mask -> backbone -> neck -> points + cls / reg heads ->
 training: label assignment + focal / DIoU losses; inference: decoding + NMS + seconds.
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from libs.core.config import max_div_factor
 
-from .assigner import assign_points
+from .assigner import SIMOTA_DEFAULTS, assign_points, simota_assign
 from .blocks import downsample_mask
 from .decoding import decode_candidates, postprocess_video
 from .heads import ClsHead, RegHead
@@ -26,6 +26,17 @@ def _length_mask(lengths: Sequence[int], T: int, device: torch.device) -> Tensor
     """``B×1×T`` bool mask, True on the first ``lengths[b]`` steps of row b."""
     return (torch.arange(T, device=device)[None, :]
             < torch.as_tensor(lengths, device=device)[:, None])[:, None, :]
+
+
+def _simota_settings(assigner: Optional[Mapping[str, float]]) -> Optional[Dict[str, float]]:
+    """``model.assigner`` (TemporalMaxer's key) over TemporalMaxer's SimOTA defaults."""
+    if assigner is None:
+        return None
+    unknown = sorted(set(assigner) - set(SIMOTA_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.assigner: unknown key(s) {unknown}; SimOTA takes "
+                         f"{sorted(SIMOTA_DEFAULTS)}")
+    return {**SIMOTA_DEFAULTS, **assigner}
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -50,7 +61,7 @@ class LocPointTransformer(nn.Module):
     to float32 rounding (it keeps its own reference padding, positions beyond it act as the
     tensor border).
 
-    State beyond parameters: ``loss_normalizer`` (float, the EMA of the positive count, spec D.2;
+    State beyond parameters: ``loss_normalizer`` (float, the EMA of the positive count;
     save / restore it for an exact resume) and ``num_pos_reducer`` (None, or a callable applied
     to the batch's positive count tensor before the EMA update, e.g. an all-reduce sum for DDP).
     """
@@ -64,9 +75,13 @@ class LocPointTransformer(nn.Module):
                  regression_range: Sequence[Sequence[float]], head_num_layers: int,
                  head_kernel_size: int, head_with_ln: bool, use_abs_pe: bool, use_rel_pe: bool,
                  num_classes: int, train_cfg: Mapping[str, Any],
-                 test_cfg: Mapping[str, Any]) -> None:
+                 test_cfg: Mapping[str, Any],
+                 assigner: Optional[Mapping[str, float]] = None) -> None:
         super().__init__()
-        # the config module has merged the defaults and validated every value (spec G)
+        # label assignment switch: None = ActionFormer's centre sampling (assign_points);
+        # TemporalMaxer's SimOTA (simota_assign) with these settings otherwise
+        self.simota_cfg = _simota_settings(assigner)
+        # the config module has merged the defaults and validated every value
         self.train_cfg = dict(train_cfg)
         self.test_cfg = dict(test_cfg)
         num_backbone_levels = backbone_arch[-1] + 1
@@ -156,7 +171,7 @@ class LocPointTransformer(nn.Module):
         x = self.backbone.embed(x, mask, extent_mask)
         feats, masks = self.backbone.pyramid(x, mask, extent_mask)
         del x
-        fpn_feats, fpn_masks = self.neck(feats, masks)
+        fpn_feats, fpn_masks = self._neck(feats, masks, extent_mask)
         del feats
         level_extents = [downsample_mask(extent_mask, s) for s in self.fpn_strides]
         points = self.point_generator(fpn_feats)
@@ -167,9 +182,14 @@ class LocPointTransformer(nn.Module):
         fpn_masks = [m.squeeze(1) for m in fpn_masks]
         return extents, points, fpn_masks, cls_logits, offsets
 
+    def _neck(self, feats: List[Tensor], masks: List[Tensor], extent_mask: Optional[Tensor]
+              ) -> Tuple[List[Tensor], List[Tensor]]:
+        """The neck; a hook for necks that need each video's padded extent (``B×1×T`` or None)."""
+        return self.neck(feats, masks)
+
     # ----------------------------------------------------------------------------------------
     def padded_length(self, length: int) -> int:
-        """Length a single video of ``length`` steps is padded to at inference (spec C.11)."""
+        """Length a single video of ``length`` steps is padded to at inference."""
         div = self.max_div_factor
         padded = (length + div - 1) // div * div
         if self.test_cfg["tight_padding"]:
@@ -246,10 +266,45 @@ class LocPointTransformer(nn.Module):
     def losses(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor],
                fpn_masks: List[Tensor], cls_logits: List[Tensor], offsets: List[Tensor]
                ) -> Dict[str, Tensor]:
-        """Focal + DIoU losses of a batch (spec D.2); updates :attr:`loss_normalizer`.
+        """Focal + DIoU losses of a batch; updates :attr:`loss_normalizer`.
 
         fpn_masks: per level ``B×T_l``; cls_logits ``B×T_l×C``; offsets ``B×T_l×2``.
         """
+        valid = torch.cat(fpn_masks, dim=1)                                 # B×P
+        gt_cls, gt_offsets, weights = self._targets(video_list, points, valid, cls_logits,
+                                                    offsets)
+        pos = (gt_cls.sum(-1) > 0) & valid
+        pos_weights = None if weights is None else weights[pos]
+        num_pos = self.update_loss_normalizer(pos, pos_weights)
+
+        smoothing = self.train_cfg["label_smoothing"]
+        gt_target = gt_cls[valid] * (1 - smoothing) + smoothing / (self.num_classes + 1)
+        logits = torch.cat(cls_logits, dim=1)[valid]
+        if weights is None:
+            cls_loss = sigmoid_focal_loss(logits, gt_target, reduction="sum")
+        else:   # TemporalMaxer: positives weighted, all other valid points 1
+            point_weights = torch.where(pos, weights, torch.ones_like(weights))[valid]
+            cls_loss = (sigmoid_focal_loss(logits, gt_target) * point_weights[:, None]).sum()
+        cls_loss = cls_loss / self.loss_normalizer
+        pred_offsets = torch.cat(offsets, dim=1)[pos]
+        if num_pos == 0:
+            reg_loss = 0 * pred_offsets.sum()
+        elif weights is None:
+            reg_loss = ctr_diou_loss_1d(pred_offsets, gt_offsets[pos],
+                                        reduction="sum") / self.loss_normalizer
+        else:
+            reg_loss = (ctr_diou_loss_1d(pred_offsets, gt_offsets[pos])
+                        * pos_weights).sum() / self.loss_normalizer
+        weight = self.train_cfg["loss_weight"]
+        if weight <= 0:
+            weight = cls_loss.detach() / max(reg_loss.item(), 0.01)
+        return {"cls_loss": cls_loss, "reg_loss": reg_loss,
+                "final_loss": cls_loss + reg_loss * weight}
+
+    def assign_targets(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor]
+                       ) -> Tuple[Tensor, Tensor]:
+        """Targets of every video for the points of all levels (spec D.1): classes ``B×P×C``
+        and offsets ``B×P×2`` (in strides)."""
         device = self.device
         all_points = torch.cat(points, dim=0)
         targets = [assign_points(all_points, item["segments"].to(device),
@@ -257,33 +312,38 @@ class LocPointTransformer(nn.Module):
                                  self.train_cfg["center_sample"],
                                  self.train_cfg["center_sample_radius"])
                    for item in video_list]
-        gt_cls = torch.stack([t[0] for t in targets])                       # B×P×C
-        gt_offsets = torch.stack([t[1] for t in targets])                   # B×P×2
-        valid = torch.cat(fpn_masks, dim=1)                                 # B×P
-        pos = (gt_cls.sum(-1) > 0) & valid
+        return torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets])
 
-        num_pos = pos.sum()
+    def update_loss_normalizer(self, pos: Tensor, pos_weights: Optional[Tensor] = None) -> float:
+        """Count the positives (``B×P`` bool, or the sum of their SimOTA weights; all processes'
+        with ``num_pos_reducer``), move :attr:`loss_normalizer` towards the count (momentum 0.9,
+        at least 1); return the count."""
+        num_pos = pos.sum() if pos_weights is None else pos_weights.sum()
         if self.num_pos_reducer is not None:
             num_pos = self.num_pos_reducer(num_pos)
         num_pos = num_pos.item()
         momentum = self.loss_normalizer_momentum
         self.loss_normalizer = momentum * self.loss_normalizer + (1 - momentum) * max(num_pos, 1)
+        return num_pos
 
-        smoothing = self.train_cfg["label_smoothing"]
-        gt_target = gt_cls[valid] * (1 - smoothing) + smoothing / (self.num_classes + 1)
-        cls_loss = sigmoid_focal_loss(torch.cat(cls_logits, dim=1)[valid], gt_target,
-                                      reduction="sum") / self.loss_normalizer
-        pred_offsets = torch.cat(offsets, dim=1)[pos]
-        if num_pos == 0:
-            reg_loss = 0 * pred_offsets.sum()
-        else:
-            reg_loss = ctr_diou_loss_1d(pred_offsets, gt_offsets[pos],
-                                        reduction="sum") / self.loss_normalizer
-        weight = self.train_cfg["loss_weight"]
-        if weight <= 0:
-            weight = cls_loss.detach() / max(reg_loss.item(), 0.01)
-        return {"cls_loss": cls_loss, "reg_loss": reg_loss,
-                "final_loss": cls_loss + reg_loss * weight}
+    @torch.no_grad()
+    def _targets(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor],
+                 valid: Tensor, cls_logits: List[Tensor], offsets: List[Tensor]
+                 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Label assignment of a batch: class targets ``B×P×C``, regression targets ``B×P×2``
+        and, with SimOTA, per-point loss weights ``B×P`` (None with centre sampling)."""
+        if self.simota_cfg is None:
+            return (*self.assign_targets(video_list, points), None)
+        all_points = torch.cat(points, dim=0)
+        device = self.device
+        all_logits, all_offsets = torch.cat(cls_logits, dim=1), torch.cat(offsets, dim=1)
+        targets = [simota_assign(all_points, valid[b], all_logits[b], all_offsets[b],
+                                 item["segments"].to(device), item["labels"].to(device),
+                                 self.num_classes, **self.simota_cfg)
+                   for b, item in enumerate(video_list)]
+        weights = torch.stack([t[2] for t in targets])
+        return (torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets]),
+                weights)
 
     @torch.no_grad()
     def inference(self, video_list: Sequence[Mapping[str, Any]], extents: Sequence[int],

@@ -1,4 +1,4 @@
-"""Registries of the pluggable model parts, with the reference's helper names (spec K)."""
+"""Registries of the pluggable model parts, with the reference's helper names."""
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,4 @@
-"""Necks between backbone and heads (spec C.8).
+"""Necks between backbone and heads.
 
 forward(features, masks) -> (features, masks) for levels ``start_level … end_level-1``:
 ``B×F×T_l`` and ``B×1×T_l``. Neither neck needs the ``extent`` of a batch: the identity neck has

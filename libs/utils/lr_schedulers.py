@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
@@ -104,11 +104,16 @@ class LinearWarmupMultiStepLR(_LinearWarmup):
 
 
 @SCHEDULERS.register("cosine")
-def _build_cosine(optimizer, warmup_iters: int, max_iters: int, **_) -> LRScheduler:
+def _build_cosine(optimizer, warmup_iters: int, max_iters: int, eta_min: Optional[float] = None,
+                  **_) -> LRScheduler:
+    """``eta_min`` None (no ``opt.eta_min`` key): the reference's 1e-8 with warm-up, 0 without;
+    a value (TriDet's configs): that floor in both cases, as TriDet."""
     if warmup_iters > 0:
-        return LinearWarmupCosineAnnealingLR(optimizer, warmup_iters, max_iters)
+        if eta_min is None:
+            return LinearWarmupCosineAnnealingLR(optimizer, warmup_iters, max_iters)
+        return LinearWarmupCosineAnnealingLR(optimizer, warmup_iters, max_iters, eta_min=eta_min)
     # no warm-up: PyTorch's cosine (eta_min 0), as the reference
-    return CosineAnnealingLR(optimizer, max_iters)
+    return CosineAnnealingLR(optimizer, max_iters, eta_min=eta_min or 0.0)
 
 
 @SCHEDULERS.register("multistep")
@@ -138,4 +143,5 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optimizer_config: Dict,
     return SCHEDULERS.build(optimizer_config.get("schedule_type", "cosine"), optimizer,
                             warmup_iters=int(warmup_epochs * num_iters_per_epoch),
                             max_iters=int((epochs + warmup_epochs) * num_iters_per_epoch),
-                            milestones=milestones, gamma=optimizer_config.get("schedule_gamma", 0.1))
+                            milestones=milestones, gamma=optimizer_config.get("schedule_gamma", 0.1),
+                            eta_min=optimizer_config.get("eta_min"))

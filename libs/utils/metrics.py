@@ -406,13 +406,15 @@ class ANETdetection:
         dataset_name: printed in the results header (default: the file name).
         drop_unknown_labels: drop predictions whose class id is absent from the ground truth
             instead of remapping them like the reference (see the module docstring).
+        exclude_videos: video ids left out of the evaluation (their ground truth and any
+            predictions for them), e.g. the loader's ``dataset.exclude_videos``.
     """
 
     def __init__(self, ant_file: str, split: Union[str, Sequence[str], None] = None,
                  tiou_thresholds: Sequence[float] = np.linspace(0.1, 0.5, 5),
                  top_k: Sequence[int] = (1, 5), label: str = "label_id", label_offset: int = 0,
                  num_workers: int = 8, dataset_name: Optional[str] = None,
-                 drop_unknown_labels: bool = False):
+                 drop_unknown_labels: bool = False, exclude_videos: Sequence[str] = ()):
         del label_offset, num_workers
         self.ant_file = ant_file
         self.split = split
@@ -426,6 +428,9 @@ class ANETdetection:
 
         database = _database(ant_file, _read_json(ant_file))
         self.class_names = class_names_from_database(database)
+        self.exclude_videos = frozenset(exclude_videos)
+        database = {vid: entry for vid, entry in database.items()
+                    if vid not in self.exclude_videos}
         self.ground_truth, self.video_ids = _ground_truth_from_database(ant_file, database,
                                                                         split, label)
         if len(self.ground_truth) == 0:
@@ -457,6 +462,12 @@ class ANETdetection:
         if len(cols["score"]) == 0:
             return None
         vids = np.asarray([str(v) for v in cols["video-id"]], dtype=object)
+        if self.exclude_videos:
+            kept = np.asarray([v not in self.exclude_videos for v in vids], dtype=bool)
+            cols = {key: np.asarray(value)[kept] for key, value in cols.items()}
+            vids = vids[kept]
+            if len(vids) == 0:
+                return None
 
         def where(i: int) -> str:
             return f"{source}: video '{vids[i]}', row {i}"

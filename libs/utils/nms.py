@@ -517,9 +517,10 @@ def _compact(rest: torch.Tensor, rest_cols: torch.Tensor, keep: torch.Tensor) ->
 # Voting and the batched wrapper
 # --------------------------------------------------------------------------------------------
 def seg_voting(nms_segs: torch.Tensor, all_segs: torch.Tensor, all_scores: torch.Tensor,
-               iou_threshold: float) -> torch.Tensor:
+               iou_threshold: float, iou_weighted: bool = True) -> torch.Tensor:
     """Refine each kept segment as the score-and-IoU weighted mean of all candidates whose
     IoU with it is >= ``iou_threshold`` (spec E.4; plain IoU without the 1e-6).
+    ``iou_weighted=False``: weights are the scores alone (TriDet's voting).
 
     Shapes: nms_segs K x 2, all_segs N x 2, all_scores N -> K x 2 (grid steps).
     """
@@ -529,7 +530,9 @@ def seg_voting(nms_segs: torch.Tensor, all_segs: torch.Tensor, all_scores: torch
     nms_lens = (nms_segs[:, 1] - nms_segs[:, 0])[:, None]
     all_lens = (all_segs[:, 1] - all_segs[:, 0])[None, :]
     iou = inter / (nms_lens + all_lens - inter)
-    weights = (iou >= iou_threshold).to(all_scores.dtype) * all_scores[None, :] * iou
+    weights = (iou >= iou_threshold).to(all_scores.dtype) * all_scores[None, :]
+    if iou_weighted:
+        weights = weights * iou
     weights /= torch.sum(weights, dim=1, keepdim=True)
     return weights @ all_segs
 
@@ -564,7 +567,7 @@ def batched_nms(segs: torch.Tensor, scores: torch.Tensor, cls_idxs: torch.Tensor
                 iou_threshold: float, min_score: float, max_seg_num: int,
                 use_soft_nms: bool = True, multiclass: bool = True, sigma: float = 0.5,
                 voting_thresh: float = 0.75, soft_method: str = "gaussian",
-                backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                backend: str = "auto", voting_iou_weighted: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """NMS over one video's candidates, as the reference wrapper (spec E.2).
 
     Args:
@@ -576,6 +579,8 @@ def batched_nms(segs: torch.Tensor, scores: torch.Tensor, cls_idxs: torch.Tensor
         multiclass: NMS per class (ascending id), else over all candidates followed by
             segment voting when ``voting_thresh > 0``.
         backend: 'auto' (C++ for CPU tensors when built, else PyTorch), 'cpp' or 'torch'.
+        voting_iou_weighted: voting weights are score × IoU (the reference), or the score
+            alone (False, TriDet).
     Returns:
         segs K x 2, scores K (decayed for soft-NMS), cls_idxs K; sorted by score descending.
     """
@@ -607,7 +612,7 @@ def batched_nms(segs: torch.Tensor, scores: torch.Tensor, cls_idxs: torch.Tensor
         keep = inds[_first_rows(offsets, counts, cap).to(segs.device)]
         new_segs, new_scores, new_cls = segs[keep], scores[keep], cls_idxs[keep]
     if not multiclass and voting_thresh > 0:
-        new_segs = seg_voting(new_segs, all_segs, all_scores, voting_thresh)
+        new_segs = seg_voting(new_segs, all_segs, all_scores, voting_thresh, voting_iou_weighted)
     _, idxs = new_scores.sort(descending=True)
     idxs = idxs[:min(max_seg_num, new_segs.shape[0])]
     return new_segs[idxs], new_scores[idxs], new_cls[idxs]

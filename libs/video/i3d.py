@@ -118,8 +118,8 @@ class InceptionI3d(nn.Module):
             yield name, x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _, x in self.endpoints(x):
-            pass
+        for name in _ORDER:
+            x = self._modules[name](x)
         return x.mean(dim=(2, 3, 4))
 
 
