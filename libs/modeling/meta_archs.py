@@ -303,7 +303,7 @@ class LocPointTransformer(nn.Module):
 
     def assign_targets(self, video_list: Sequence[Mapping[str, Any]], points: List[Tensor]
                        ) -> Tuple[Tensor, Tensor]:
-        """Targets of every video for the points of all levels (spec D.1): classes ``B×P×C``
+        """Targets of every video for the points of all levels: classes ``B×P×C``
         and offsets ``B×P×2`` (in strides)."""
         device = self.device
         all_points = torch.cat(points, dim=0)
