@@ -180,6 +180,7 @@ TRIDET_DEFAULTS: Dict[str, Any] = {
         "num_bins": 16,                       # Trident bins (excluding 0)
         "iou_weight_power": 1.0,              # focal loss x IoU**power on positives
         "input_noise": 0,                     # std of Gaussian noise added to training inputs
+        "sgp_masked": False,                  # opt-in fix: SGP statistics/convs over valid steps
     },
     "opt": {**DEFAULTS["opt"], "eta_min": 1e-8},
 }
