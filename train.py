@@ -37,7 +37,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from libs.core import ConfigError, load_config, save_config
 from libs.core.cli import Interrupted, RunError, os_error_message, run_main
-from libs.datasets import make_data_loader, make_dataset
+from libs.datasets import make_data_loader, make_dataset, training_lengths
 from libs.datasets.data_check import check_split_features
 from libs.engine import resolve_device
 from libs.engine.checkpoints import load_training_checkpoint
@@ -151,8 +151,9 @@ def build_train_data(cfg: Dict[str, Any], args: argparse.Namespace, rng_generato
         sampler = DistributedSampler(dataset, num_replicas=du.get_world_size(), rank=du.get_rank(),
                                      shuffle=True, seed=cfg["init_rand_seed"], drop_last=True)
     batch_size = per_device_batch(cfg, args.config)
+    lengths = training_lengths(dataset) if cfg["loader"]["length_bucketing"] else None
     loader = make_data_loader(dataset, True, rng_generator, batch_size, cfg["loader"]["num_workers"],
-                              sampler=sampler)
+                              sampler=sampler, lengths=lengths)
     if len(loader) == 0:
         raise ConfigError(f"{args.config}: loader.batch_size {batch_size} x {du.get_world_size()} "
                           f"process(es) exceeds the {len(dataset)} training videos: no full batch")

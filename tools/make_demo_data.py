@@ -14,7 +14,8 @@ training videos are in subset ``validation``, evaluation videos in ``test``.
 What makes the actions learnable: background steps are Gaussian noise; inside an action of
 class ``c`` every step adds ``amplitude * pattern_c`` (``pattern_c`` = a shared component plus a
 class-specific one, so classes are similar but separable) with a one-step ramp at both ends.
-Action lengths span 3 to 48 steps so that several pyramid levels get positives. Everything is
+Action lengths span 3 to 48 steps so that several pyramid levels get positives. Video lengths
+are uniform, or (``--median-len``) log-normal with a long tail like THUMOS's. Everything is
 drawn from one ``numpy`` generator seeded by ``--seed``: the same arguments give the same bytes.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -81,13 +82,25 @@ def _make_video(rng: np.random.Generator, patterns: np.ndarray, length: int, amp
     return feats, annotations
 
 
+def _draw_length(rng: np.random.Generator, min_len: int, max_len: int,
+                 median_len: Optional[int], len_sigma: float) -> int:
+    """Uniform in ``[min_len, max_len]``, or, with ``median_len``, log-normal (median
+    ``median_len``, log-std ``len_sigma``) clipped to that range: a long tail like THUMOS's."""
+    if median_len is None:
+        return int(rng.integers(min_len, max_len + 1))
+    return int(np.clip(round(median_len * np.exp(len_sigma * rng.standard_normal())),
+                       min_len, max_len))
+
+
 def make_demo_data(out_dir: str, num_train: int = 200, num_test: int = 60, num_classes: int = 4,
                    feat_dim: int = 64, min_len: int = 96, max_len: int = 256, amplitude: float = 0.6,
-                   max_actions: int = 4, seed: int = 0) -> str:
+                   max_actions: int = 4, seed: int = 0, median_len: Optional[int] = None,
+                   len_sigma: float = 0.8) -> str:
     """Write the data set under ``out_dir``; returns the annotation JSON path.
 
-    Lengths (feature steps) are uniform in ``[min_len, max_len]``; each video gets 1 to
-    ``max_actions`` actions. Every class occurs in both subsets (checked).
+    Lengths (feature steps) are uniform in ``[min_len, max_len]``, or log-normal around
+    ``median_len`` (see :func:`_draw_length`); each video gets 1 to ``max_actions`` actions.
+    Every class occurs in both subsets (checked).
     """
     if not 1 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"--num-classes: expected 1..{len(CLASS_NAMES)}, got {num_classes}")
@@ -102,7 +115,7 @@ def make_demo_data(out_dir: str, num_train: int = 200, num_test: int = 60, num_c
     for subset, count in (("validation", num_train), ("test", num_test)):
         for idx in range(count):
             vid = f"video_{subset}_{idx:07d}"
-            length = int(rng.integers(min_len, max_len + 1))
+            length = _draw_length(rng, min_len, max_len, median_len, len_sigma)
             feats, annotations = _make_video(rng, patterns, length, amplitude, max_actions, (3, 48))
             np.save(os.path.join(feat_dir, f"{vid}.npy"), feats)
             num_frames = (length - 1) * FEAT_STRIDE + NUM_FRAMES
@@ -126,11 +139,17 @@ def main(argv=None) -> None:
     parser.add_argument("--feat-dim", type=int, default=64, help="feature channels D")
     parser.add_argument("--min-len", type=int, default=96, help="shortest video, feature steps")
     parser.add_argument("--max-len", type=int, default=256, help="longest video, feature steps")
+    parser.add_argument("--median-len", type=int, default=None,
+                        help="log-normal lengths with this median (clipped to --min-len/--max-len) "
+                             "instead of uniform ones: a long tail like THUMOS's")
+    parser.add_argument("--len-sigma", type=float, default=0.8,
+                        help="log-std of the log-normal lengths (default 0.8)")
     parser.add_argument("--amplitude", type=float, default=0.6, help="action pattern strength (noise std 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = make_demo_data(args.out, args.num_train, args.num_test, args.num_classes, args.feat_dim,
-                          args.min_len, args.max_len, args.amplitude, seed=args.seed)
+                          args.min_len, args.max_len, args.amplitude, seed=args.seed,
+                          median_len=args.median_len, len_sigma=args.len_sigma)
     print(f"wrote {args.num_train} training + {args.num_test} test videos: {path}, "
           f"{os.path.join(args.out, 'features')}/")
 

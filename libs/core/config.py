@@ -126,6 +126,15 @@ EXTRA_DEFAULTS: Dict[str, Any] = {
     "test_cfg": {
         "tight_padding": False,   # True: pad each video only to a multiple of max_div_factor
     },                            # (changes outputs near video ends; faster on short videos)
+    # Less padded work in training (changes what the coarse levels see near video ends):
+    # pad each batch to its longest video rounded up to max_div_factor instead of max_seq_len,
+    # and (length_bucketing) batch videos of similar length together.
+    "train_cfg": {
+        "pad_to_batch_max": False,
+    },
+    "loader": {
+        "length_bucketing": False,
+    },
     # How the features were made from videos (tools/extract_features.py options); lets
     # tools/predict.py run on video files. backbone None: not recorded (feature files only).
     "features": {
@@ -171,6 +180,7 @@ TRIDET_DEFAULTS: Dict[str, Any] = {
         "num_bins": 16,                       # Trident bins (excluding 0)
         "iou_weight_power": 1.0,              # focal loss x IoU**power on positives
         "input_noise": 0,                     # std of Gaussian noise added to training inputs
+        "sgp_masked": False,                  # opt-in fix: SGP statistics/convs over valid steps
     },
     "opt": {**DEFAULTS["opt"], "eta_min": 1e-8},
 }
@@ -456,6 +466,9 @@ def _check_common_values(cfg: Dict[str, Any]) -> List[str]:
     for rate_key in ("dropout", "droppath", "label_smoothing"):
         if not 0.0 <= cfg["train_cfg"][rate_key] < 1.0:
             errors.append(f"train_cfg.{rate_key}: must lie in [0, 1), got {cfg['train_cfg'][rate_key]}")
+    if cfg["loader"].get("length_bucketing") and not cfg["train_cfg"].get("pad_to_batch_max"):
+        errors.append("loader.length_bucketing: only saves work with train_cfg.pad_to_batch_max: "
+                      "true (every batch is padded to max_seq_len otherwise)")
     return errors
 
 

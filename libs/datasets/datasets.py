@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ..core.registry import Registry
+from .batching import LengthGroupedBatchSampler
 from .data_utils import (FeatureReader, ProblemReport, seconds_to_grid, trivial_batch_collator,
                          truncate_feats, worker_init_reset_seed)
 
@@ -362,21 +363,22 @@ def make_dataset(name: str, is_training: bool, split: Sequence[str], **kwargs) -
 
 def make_data_loader(dataset: Dataset, is_training: bool, generator: Optional[torch.Generator],
                      batch_size: int, num_workers: int,
-                     sampler: Optional[Sampler] = None) -> DataLoader:
+                     sampler: Optional[Sampler] = None,
+                     lengths: Optional[Sequence[int]] = None) -> DataLoader:
     """DataLoader with the identity collate (spec B.5).
 
     Training: shuffled (unless a ``sampler``, e.g. a DistributedSampler, is given), last partial
     batch dropped, workers re-seeded from torch's seed. Workers persist when there are any.
+    ``lengths`` (training, one per item): batches of similar length
+    (:class:`~libs.datasets.batching.LengthGroupedBatchSampler` over the same shuffled order).
     """
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=trivial_batch_collator,
-        worker_init_fn=worker_init_reset_seed if is_training else None,
-        shuffle=is_training and sampler is None,
-        sampler=sampler,
-        drop_last=is_training,
-        generator=generator,
-        persistent_workers=num_workers > 0,
-    )
+    common = dict(num_workers=num_workers, collate_fn=trivial_batch_collator,
+                  worker_init_fn=worker_init_reset_seed if is_training else None,
+                  generator=generator, persistent_workers=num_workers > 0)
+    if is_training and lengths is not None:
+        base = sampler if sampler is not None else RandomSampler(dataset, generator=generator)
+        batches = LengthGroupedBatchSampler(base, lengths, batch_size, drop_last=True,
+                                            generator=generator)
+        return DataLoader(dataset, batch_sampler=batches, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=is_training and sampler is None,
+                      sampler=sampler, drop_last=is_training, **common)

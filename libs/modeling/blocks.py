@@ -47,8 +47,8 @@ from .reference_formulation import local_attention_chunked
 from .weight_init import trunc_normal_
 
 __all__ = [
-    "reference_formulation", "inference_chunk_steps", "chunked_inference_applies",
-    "map_time_chunks", "downsample_mask", "MaskedConv1D", "FastConv1d",
+    "reference_formulation", "reference_formulation_active", "inference_chunk_steps",
+    "chunked_inference_applies", "map_time_chunks", "downsample_mask", "MaskedConv1D", "FastConv1d",
     "ChannelsLastMaxPool1d", "LayerNorm", "sinusoid_position_table", "get_sinusoid_encoding",
     "local_attention", "local_attention_dense", "global_attention", "Dropout", "MaskedMHA",
     "MaskedMHCA", "LocalMaskedMHCA", "TransformerBlock", "ConvBlock", "Scale", "drop_path",
@@ -75,6 +75,11 @@ def reference_formulation(enabled: bool = True) -> ContextManager[None]:
     :func:`local_attention_chunked`, instead of the fast paths. For benchmarks and equivalence
     tests; not thread-safe."""
     return _overridden(_REFERENCE_MODE, enabled)
+
+
+def reference_formulation_active() -> bool:
+    """True inside :func:`reference_formulation`."""
+    return _REFERENCE_MODE[0]
 
 
 # Inference (eval mode, no autograd) on long inputs runs the local parts of the network (embedding,

@@ -201,14 +201,15 @@ class LocPointTransformer(nn.Module):
                       ) -> Tuple[Tensor, Tensor, List[int]]:
         """Pad the items' features into ``B×D×T`` (zeros), mask ``B×1×T`` on the model's device.
 
-        Training pads every video to ``max_seq_len``; inference pads each video to its own
-        reference length (:meth:`padded_length`) and the batch to the longest of those.
-        Returns (features, mask, per-video padded extents).
+        Training pads every video to ``max_seq_len`` (with ``train_cfg.pad_to_batch_max``: to
+        the batch's longest video rounded up to ``max_div_factor``); inference pads each video
+        to its own reference length (:meth:`padded_length`) and the batch to the longest of
+        those. Returns (features, mask, per-video padded extents).
         """
         self._check_items(video_list)
         lengths = [item["feats"].shape[-1] for item in video_list]
         if self.training:
-            extents = [self.max_seq_len] * len(lengths)
+            extents = [self._training_length(lengths)] * len(lengths)
         else:
             extents = [self.padded_length(n) for n in lengths]
         T = max(extents)
@@ -223,6 +224,13 @@ class LocPointTransformer(nn.Module):
             raise ValueError(f"video {', '.join(map(repr, bad))}: field 'feats' contains NaN or "
                              f"Inf values")
         return x, mask, extents
+
+    def _training_length(self, lengths: Sequence[int]) -> int:
+        """Padded length of a training batch whose videos have ``lengths`` (<= max_seq_len)."""
+        if not self.train_cfg["pad_to_batch_max"]:
+            return self.max_seq_len
+        div = self.max_div_factor
+        return min(self.max_seq_len, (max(lengths) + div - 1) // div * div)
 
     def _check_items(self, video_list: Sequence[Mapping[str, Any]]) -> None:
         if len(video_list) == 0:

@@ -83,7 +83,7 @@ class TriDet(LocPointTransformer):
                  head_kernel_size: int, boudary_kernel_size: int, head_with_ln: bool,
                  use_abs_pe: bool, num_bins: int, iou_weight_power: float, downsample_type: str,
                  input_noise: float, k: float, init_conv_vars: float, use_trident_head: bool,
-                 num_classes: int, train_cfg: Mapping[str, Any],
+                 sgp_masked: bool, num_classes: int, train_cfg: Mapping[str, Any],
                  test_cfg: Mapping[str, Any]) -> None:
         nn.Module.__init__(self)   # the parts differ; methods for input checks are shared
         # the config module has merged TriDet's defaults and validated every value
@@ -112,7 +112,8 @@ class TriDet(LocPointTransformer):
                 n_embd_ks=embd_kernel_size, max_len=max_seq_len, arch=backbone_arch,
                 scale_factor=scale_factor, with_ln=embd_with_ln,
                 path_pdrop=self.train_cfg["droppath"], downsample_type=downsample_type,
-                sgp_win_size=wins, k=k, init_conv_vars=init_conv_vars, use_abs_pe=use_abs_pe)
+                sgp_win_size=wins, k=k, init_conv_vars=init_conv_vars, use_abs_pe=use_abs_pe,
+                masked=sgp_masked)
         else:
             self.backbone = make_backbone(
                 backbone_type, n_in=input_dim, n_embd=embd_dim, n_embd_ks=embd_kernel_size,
