@@ -3,7 +3,7 @@ formulation vs ours.
 
 Side by side, with the same weights and inputs (random features, batch 2 × 2048 × 2304):
 
-* ``reference`` — the reference's plain formulation (spec C.2-C.6: ``Conv1d`` projections,
+* ``reference`` — the reference's plain formulation (``Conv1d`` projections,
   channel-first LayerNorm written out, ``MaxPool1d``, Longformer-style chunked local attention),
   run under :func:`libs.modeling.blocks.reference_formulation`;
 * ``ours`` — the default fast paths (channels-last GEMMs and NHWC convolutions, fused LayerNorm,

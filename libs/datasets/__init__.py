@@ -1,4 +1,4 @@
-"""Data sets: annotation JSON + feature files -> per-video items (spec A, B, K).
+"""Data sets: annotation JSON + feature files -> per-video items.
 
 Importing this package registers the loaders ``thumos``, ``anet``, ``epic``, ``ego4d``, ``hacs``
 and ``custom`` in :data:`DATASETS`.

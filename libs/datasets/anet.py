@@ -1,4 +1,4 @@
-"""ActivityNet 1.3 loader (spec A.2, B.1, B.2): TSP / I3D features in ``.npy`` files or one
+"""ActivityNet 1.3 loader: TSP / I3D features in ``.npy`` files or one
 HDF5 file, resized to a fixed length (``force_upsampling``)."""
 from typing import Any, Dict, List, Tuple
 
@@ -14,11 +14,11 @@ from .datasets import ActionDataset, register_dataset
 class ActivityNetDataset(ActionDataset):
     """ActivityNet 1.3, trained class-agnostic (``num_classes: 1``) or with its 200 classes.
 
-    Per video: duplicate and shorter-than-1-ms events are dropped (spec F.1 rule, counted
+    Per video: duplicate and shorter-than-1-ms events are dropped (the evaluator's rule, counted
     warning); with ``force_upsampling`` the ``T0`` features are linearly resized to
     ``max_seq_len`` steps, each step covering ``((T0 - 1) * feat_stride + num_frames) /
     max_seq_len`` frames (e.g. TSP, T0 = 120: 10 frames, ``grid = 1.5 * t - 0.5``). In training,
-    actions starting beyond the features are dropped and the others clipped (spec B.2).
+    actions starting beyond the features are dropped and the others clipped.
     A missing feature file or duration is an error.
     """
 

@@ -4,7 +4,7 @@ from .datasets import ActionDataset, register_dataset
 
 @register_dataset("custom")
 class CustomDataset(ActionDataset):
-    """The common JSON format (spec A.1) with any classes, fps and feature stride.
+    """The common JSON format with any classes, fps and feature stride.
 
     * classes: ``label_id`` values in ``[0, num_classes)``, one id per label name; classes no
       annotation uses are listed in ``empty_label_ids``;

@@ -1,5 +1,5 @@
 """Helpers shared by the data set loaders: problem reports, feature reading, time -> grid
-conversion, random truncation (spec B.3), collate and worker seeding (spec B.5).
+conversion, random truncation, collate and worker seeding.
 
 Units: annotation segments arrive in **seconds**; everything a loader returns is in
 **feature-grid steps** (index ``i`` = the i-th feature vector, centred on frame
@@ -76,10 +76,10 @@ class ProblemReport:
 class FeatureReader:
     """Finds, reads and checks the feature array(s) of one video.
 
-    File of video ``v`` in folder ``f``: ``f/<file_prefix><v><file_ext>`` (spec A.2). Containers:
+    File of video ``v`` in folder ``f``: ``f/<file_prefix><v><file_ext>``. Containers:
     ``.npz`` -> the array under key ``feats``; a folder path containing ``.hdf5`` -> the data set
     ``<file_prefix><v>`` inside that HDF5 file; anything else -> ``np.load``. With several folders
-    (Ego4D, spec A.3) the arrays are concatenated along channels in folder order.
+    (Ego4D) the arrays are concatenated along channels in folder order.
 
     Args:
         feat_folder: one folder or a list of folders (one per feature type).
@@ -202,7 +202,7 @@ def _check_feats(feats: np.ndarray, dim: Optional[int], path: str, video_id: str
 
 def seconds_to_grid(segments: np.ndarray, fps: float, feat_stride: float,
                     feat_offset: float) -> torch.Tensor:
-    """Seconds -> feature-grid coordinates (spec B.2): ``t * fps / feat_stride - feat_offset``.
+    """Seconds -> feature-grid coordinates: ``t * fps / feat_stride - feat_offset``.
 
     Args:
         segments: ``N x 2`` float32 array, seconds.
@@ -218,7 +218,7 @@ def seconds_to_grid(segments: np.ndarray, fps: float, feat_stride: float,
 def truncate_feats(item: Dict[str, Any], max_seq_len: int, trunc_thresh: float, offset: float,
                    crop_ratio: Optional[Sequence[float]] = None,
                    max_num_trials: int = 200) -> Dict[str, Any]:
-    """Random temporal crop of a training item (spec B.3), using Python's ``random`` module.
+    """Random temporal crop of a training item, using Python's ``random`` module.
 
     Args:
         item: dict with ``feats`` (D x T), ``segments`` (N x 2, grid steps), ``labels`` (N).
@@ -263,7 +263,7 @@ def truncate_feats(item: Dict[str, Any], max_seq_len: int, trunc_thresh: float, 
 
 
 def trivial_batch_collator(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Identity collate: a batch is the list of item dicts; the model pads (spec B.5)."""
+    """Identity collate: a batch is the list of item dicts; the model pads."""
     return batch
 
 
@@ -277,7 +277,7 @@ def worker_init_reset_seed(worker_id: int) -> None:
 
 def resize_to_fixed_length(feats: torch.Tensor, feat_stride: float, num_frames: float,
                            max_seq_len: int) -> Tuple[torch.Tensor, float]:
-    """ActivityNet's ``force_upsampling`` (spec B.2): ``D x T0`` features -> ``D x max_seq_len``.
+    """ActivityNet's ``force_upsampling``: ``D x T0`` features -> ``D x max_seq_len``.
 
     Linear interpolation with ``align_corners=False`` (identity when ``T0 == max_seq_len``).
     Returns the resized features and the effective stride in frames,

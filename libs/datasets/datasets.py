@@ -1,9 +1,9 @@
-"""Data set registry, the shared loader base class, and the builders (spec B, K).
+"""Data set registry, the shared loader base class, and the builders.
 
-A loader reads one annotation JSON (spec A.1) once, at construction, into an immutable list of
+A loader reads one annotation JSON once, at construction, into an immutable list of
 per-video records (segments in seconds); ``dataset[i]`` then reads that video's features lazily
-and returns the item of spec B.4 (feats ``D x T`` float32, segments ``N x 2`` in feature-grid
-steps, labels ``N`` int64, ...), randomly truncated in training (spec B.3).
+and returns an item dict (feats ``D x T`` float32, segments ``N x 2`` in feature-grid
+steps, labels ``N`` int64, ...), randomly truncated in training.
 
 Problems in the data are reported with the file, the video id and the field (see
 ``ProblemReport``): an error (``ValueError``) where training or evaluation would be wrong, a
@@ -35,7 +35,7 @@ register_dataset = DATASETS.register
 # (``dataset.exclude_videos``); the reference keeps all 213
 THUMOS14_MISLABELLED_TEST_VIDEOS = ("video_test_0000270", "video_test_0001292")
 
-# duration used when a JSON entry has none (spec B.1)
+# duration used when a JSON entry has none
 _NO_DURATION = 1e8
 # a segment reaching further than this (seconds) outside [0, duration] is reported
 OUTSIDE_MARGIN_S = 1.0
@@ -55,7 +55,7 @@ class ActionDataset(Dataset):
     Args:
         is_training: training mode (random truncation; every video must have actions).
         split: subset names to keep (compared with the lower-cased JSON ``subset``).
-        json_file: annotation JSON (spec A.1).
+        json_file: annotation JSON.
         feat_folder: feature folder (a list for several feature types, concatenated per step),
             or a ``.hdf5`` file path.
         feat_stride: frames between consecutive features; num_frames: frames per feature window.
@@ -63,7 +63,7 @@ class ActionDataset(Dataset):
         downsample_rate: keep every n-th feature (the stride grows by the same factor).
         max_seq_len: longest training window (grid steps); trunc_thresh: fraction of an action a
             training window must contain to keep it; crop_ratio: ``[r0, r1]`` random crop of
-            short training videos (spec B.3).
+            short training videos.
         input_dim: feature channels (int, or one int per folder); num_classes: classes.
         file_prefix, file_ext: feature file name = ``prefix + video_id + ext``.
         force_upsampling: ActivityNet only: resize every video to ``max_seq_len`` steps.
@@ -75,10 +75,10 @@ class ActionDataset(Dataset):
     """
 
     dataset_name = "action"
-    tiou_range: Tuple[float, float, int] = (0.3, 0.7, 5)   # np.linspace arguments (spec F.2)
+    tiou_range: Tuple[float, float, int] = (0.3, 0.7, 5)   # np.linspace arguments
     skip_missing_features = True    # False: a video without features is an error
     exact_num_classes = True        # False: the JSON may use fewer than num_classes classes
-    report_empty_classes = False    # fill get_attributes()['empty_label_ids'] (spec B.6)
+    report_empty_classes = False    # fill get_attributes()['empty_label_ids']
     requires_duration = False       # False: a missing duration means 1e8 s
     widen_truncation = True         # training crops clip actions to the window ± feat_offset
 
@@ -147,7 +147,7 @@ class ActionDataset(Dataset):
         return False
 
     def _build_label_dict(self, database: Dict[str, Any], report: ProblemReport) -> Dict[str, int]:
-        """``label name -> label_id`` over every video of the JSON, all subsets (spec A.1).
+        """``label name -> label_id`` over every video of the JSON, all subsets.
 
         A name given two different ids, or an id outside ``[0, num_classes)``, is an error
         (the reference would silently train on the id of the last occurrence).
@@ -288,7 +288,7 @@ class ActionDataset(Dataset):
         return record
 
     def _find_empty_classes(self) -> List[int]:
-        """Class ids in ``[0, num_classes)`` that no label of the JSON uses (spec B.6)."""
+        """Class ids in ``[0, num_classes)`` that no label of the JSON uses."""
         used = set(self.label_dict.values())
         return [c for c in range(self.num_classes) if c not in used]
 
@@ -309,7 +309,7 @@ class ActionDataset(Dataset):
     def _resample(self, video: Dict[str, Any], feats: np.ndarray) -> Tuple[torch.Tensor, float, float]:
         """``T x D`` array -> (``D x T'`` tensor, feat_stride, num_frames), both in frames.
 
-        Default (spec B.2): keep every ``downsample_rate``-th feature; the stride grows by that factor.
+        Default: keep every ``downsample_rate``-th feature; the stride grows by that factor.
         """
         feats = feats[::self.downsample_rate]
         feat_stride = self.feat_stride * self.downsample_rate
@@ -350,14 +350,14 @@ class ActionDataset(Dataset):
         return item
 
     def get_attributes(self) -> Dict[str, Any]:
-        """``{'dataset_name', 'tiou_thresholds' (evaluation tIoUs), 'empty_label_ids'}`` (spec K)."""
+        """``{'dataset_name', 'tiou_thresholds' (evaluation tIoUs), 'empty_label_ids'}``."""
         return {"dataset_name": self.dataset_name,
                 "tiou_thresholds": np.linspace(*self.tiou_range),
                 "empty_label_ids": self.empty_label_ids}
 
 
 def make_dataset(name: str, is_training: bool, split: Sequence[str], **kwargs) -> ActionDataset:
-    """Build the loader registered as ``name`` with the config's ``dataset`` section (spec K)."""
+    """Build the loader registered as ``name`` with the config's ``dataset`` section."""
     return DATASETS.build(name, is_training, split, **kwargs)
 
 
@@ -365,7 +365,7 @@ def make_data_loader(dataset: Dataset, is_training: bool, generator: Optional[to
                      batch_size: int, num_workers: int,
                      sampler: Optional[Sampler] = None,
                      lengths: Optional[Sequence[int]] = None) -> DataLoader:
-    """DataLoader with the identity collate (spec B.5).
+    """DataLoader with the identity collate.
 
     Training: shuffled (unless a ``sampler``, e.g. a DistributedSampler, is given), last partial
     batch dropped, workers re-seeded from torch's seed. Workers persist when there are any.

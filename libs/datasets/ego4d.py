@@ -1,4 +1,4 @@
-"""Ego4D Moment Queries loader (spec A.2, A.3, B.1): per-clip ``.npy`` features, possibly of
+"""Ego4D Moment Queries loader: per-clip ``.npy`` features, possibly of
 several types (SlowFast, Omnivore, EgoVLP) concatenated per step."""
 from typing import Any, Dict
 

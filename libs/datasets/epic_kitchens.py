@@ -1,4 +1,4 @@
-"""EPIC-Kitchens-100 loader (spec A.2, B.1, B.6): SlowFast ``.npz`` features (key ``feats``)."""
+"""EPIC-Kitchens-100 loader: SlowFast ``.npz`` features (key ``feats``)."""
 from .datasets import ActionDataset, register_dataset
 
 

@@ -1,6 +1,6 @@
 """Feature files of your own videos, read lazily, on the model's feature grid.
 
-A video's features are a ``T x D`` array (time-major, one row per clip feature; spec A.2) in
+A video's features are a ``T x D`` array (time-major, one row per clip feature) in
 
 * a ``.npy`` file (only the rows asked for are read),
 * a ``.npz`` file (the array ``feats``, or its only array; read whole),
@@ -183,7 +183,7 @@ class VideoFeatures:
 
     ``video[:, start:end]`` is a ``D x (end - start)`` float32 tensor of grid steps
     ``start .. end-1``; ``shape`` is ``(D, T)`` with ``T`` in grid steps. The grid is the one the
-    data set loaders produce (spec B.2): every ``downsample_rate``-th stored feature, or, with
+    data set loaders produce: every ``downsample_rate``-th stored feature, or, with
     ``force_upsampling`` (ActivityNet), the whole video linearly resized to ``max_seq_len``
     steps. ``feat_stride`` and ``num_frames`` (frames, possibly fractional) map grid steps to
     seconds. Non-finite values raise :class:`FeatureError` when the rows holding them are read.
@@ -219,7 +219,7 @@ class VideoFeatures:
         self.feat_stride = float(feat_stride * downsample_rate)
         self.num_frames = float(num_frames)
         self._resized = None
-        if force_upsampling:   # spec B.2, ActivityNet: the whole video on max_seq_len steps
+        if force_upsampling:   # ActivityNet: the whole video on max_seq_len steps
             self._resized, self.feat_stride = resize_to_fixed_length(
                 self._rows(0, self.num_stored, 1), feat_stride, num_frames, max_seq_len)
             self.num_frames = self.feat_stride

@@ -1,4 +1,4 @@
-"""THUMOS14 loader (spec A.2, B.1): I3D ``.npy`` features, per-video fps from the JSON."""
+"""THUMOS14 loader: I3D ``.npy`` features, per-video fps from the JSON."""
 from .datasets import ActionDataset, register_dataset
 
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules stepped once per *iteration* (spec D.4).
+"""Learning-rate schedules stepped once per *iteration*.
 
 Both warm-up schedules are written in PyTorch's recursive ("chainable") form, i.e. each
 step derives the new lr from the lr of the previous step, exactly as the reference does;

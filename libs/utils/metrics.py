@@ -1,5 +1,5 @@
 """Temporal action detection metrics: ActivityNet-style mAP at tIoU thresholds and the
-Recall@kx of Ego4D (spec F), vectorised with numpy.
+Recall@kx of Ego4D, vectorised with numpy.
 
 Numbers are identical to the reference evaluator (itself line-for-line the official
 ActivityNet ``compute_average_precision_detection``): ground truth de-duplicated, greedy
@@ -7,7 +7,7 @@ matching in descending score order, VOC-2011 interpolated AP, mean over the clas
 in the ground truth. Every sort that decides ties is the same numpy call on the same array as
 in the reference, so tie order is reproduced too.
 
-Label quirk (spec F.1): ground-truth ids are remapped to 0..K-1 in sorted order and
+Label quirk: ground-truth ids are remapped to 0..K-1 in sorted order and
 prediction ids are remapped with the same table; a predicted id that is absent from the
 ground truth is left unchanged and may therefore be scored as another class. This is the
 default, because published numbers depend on it; ``drop_unknown_labels=True`` drops such
@@ -64,7 +64,7 @@ def guess_dataset_name(ant_file: str) -> Optional[str]:
 # --------------------------------------------------------------------------------------------
 def remove_duplicate_annotations(ants: List[dict], tol: float = 1e-3) -> List[dict]:
     """Drop events shorter than ``tol`` seconds and events whose label_id and both boundaries
-    are within ``tol`` of an earlier kept event (spec F.1)."""
+    are within ``tol`` of an earlier kept event."""
     valid_events: List[dict] = []
     for event in ants:
         s, e, label = event["segment"][0], event["segment"][1], event["label_id"]
@@ -364,7 +364,7 @@ def _greedy_match(tiou_sorted: np.ndarray, gt_sorted: np.ndarray, rank: np.ndarr
     (P x n, by decreasing tIoU) and their rank inside the group.
 
     A prediction takes the first GT of its list with tIoU >= threshold that no better-ranked
-    prediction of the group has taken (spec F.2 step 3). Groups are independent, so all of
+    prediction of the group has taken. Groups are independent, so all of
     them advance one rank per step.
     """
     tp = np.zeros((len(thresholds), len(rank)), dtype=bool)
@@ -393,10 +393,10 @@ def _rank_in_runs(group: np.ndarray) -> np.ndarray:
 
 
 class ANETdetection:
-    """Detection mAP and Recall@kx against an annotation JSON (spec F).
+    """Detection mAP and Recall@kx against an annotation JSON.
 
     Args:
-        ant_file: annotation JSON (spec A.1).
+        ant_file: annotation JSON.
         split: subset name(s) to evaluate (compared lower-cased); None = every video.
         tiou_thresholds: tIoU thresholds.
         top_k: the k of Recall@kx.
@@ -520,7 +520,7 @@ class ANETdetection:
 
     # ---- metrics --------------------------------------------------------------------------
     def _average_precision(self, p: dict) -> np.ndarray:
-        """AP (T x K), spec F.2."""
+        """AP (T x K)."""
         thresholds = self.tiou_thresholds
         ap = np.zeros((len(thresholds), self._num_classes))
         # class-major order; inside a class the reference's argsort(score)[::-1]
@@ -561,7 +561,7 @@ class ANETdetection:
         return ap
 
     def _topkx_recall(self, p: dict) -> np.ndarray:
-        """Recall@kx (T x len(top_k) x K), spec F.3."""
+        """Recall@kx (T x len(top_k) x K)."""
         thresholds = self.tiou_thresholds
         tp = np.zeros((len(thresholds), len(self.top_k), self._num_classes))
         group = self._gt.lookup(p["label"], p["video"])
@@ -616,7 +616,7 @@ class ANETdetection:
 
 def format_results(dataset_name: str, tiou_thresholds: Sequence[float], mAP: np.ndarray,
                    average_mAP: float, mRecall: np.ndarray, top_k: Sequence[int]) -> str:
-    """The reference's printed block (spec F.5)."""
+    """The reference's printed block."""
     block = ""
     for tiou, tiou_mAP, tiou_recall in zip(tiou_thresholds, mAP, mRecall):
         block += "\n|tIoU = {:.2f}: ".format(tiou)

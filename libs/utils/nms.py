@@ -1,4 +1,4 @@
-"""1D non-maximum suppression for temporal segments (spec E.2-E.4).
+"""1D non-maximum suppression for temporal segments.
 
 Two interchangeable backends compute the same kernels on *grouped* candidates (the rows of
 group g are ``offsets[g]:offsets[g+1]``; a group is one class in multi-class NMS, everything
@@ -35,7 +35,7 @@ __all__ = ["auto_backend", "batched_nms", "cpp_nms_available", "hard_nms_grouped
            "seg_voting", "soft_nms_grouped", "SOFT_NMS_METHODS"]
 
 SOFT_NMS_METHODS = {"hard": 0, "linear": 1, "gaussian": 2}
-_AREA_EPS = 1e-6  # added to every segment length inside NMS (spec E.3)
+_AREA_EPS = 1e-6  # added to every segment length inside NMS
 
 
 _UNLOADED = object()
@@ -148,7 +148,7 @@ def _pad_groups(offsets: torch.Tensor, device: torch.device):
 def hard_nms_grouped(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
                      iou_threshold: float, backend: str = "auto"
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Greedy hard NMS within each group (spec E.3).
+    """Greedy hard NMS within each group.
 
     Args:
         segs: N x 2 float32 [start, end] (grid steps), rows grouped by ``offsets``.
@@ -204,7 +204,7 @@ def soft_nms_grouped(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Te
                      method: str = "gaussian", backend: str = "auto",
                      max_outputs: Optional[int] = None, top_total: Optional[int] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Soft-NMS within each group, exactly as the reference kernel (spec E.3).
+    """Soft-NMS within each group, exactly as the reference kernel.
 
     Each round moves the best remaining candidate (lowest position on ties) to the output and
     decays the others by ``exp(-IoU^2 / sigma)`` (gaussian; ``iou_threshold`` unused), by
@@ -519,7 +519,7 @@ def _compact(rest: torch.Tensor, rest_cols: torch.Tensor, keep: torch.Tensor) ->
 def seg_voting(nms_segs: torch.Tensor, all_segs: torch.Tensor, all_scores: torch.Tensor,
                iou_threshold: float, iou_weighted: bool = True) -> torch.Tensor:
     """Refine each kept segment as the score-and-IoU weighted mean of all candidates whose
-    IoU with it is >= ``iou_threshold`` (spec E.4; plain IoU without the 1e-6).
+    IoU with it is >= ``iou_threshold`` (plain IoU without the 1e-6).
     ``iou_weighted=False``: weights are the scores alone (TriDet's voting).
 
     Shapes: nms_segs K x 2, all_segs N x 2, all_scores N -> K x 2 (grid steps).
@@ -568,7 +568,7 @@ def batched_nms(segs: torch.Tensor, scores: torch.Tensor, cls_idxs: torch.Tensor
                 use_soft_nms: bool = True, multiclass: bool = True, sigma: float = 0.5,
                 voting_thresh: float = 0.75, soft_method: str = "gaussian",
                 backend: str = "auto", voting_iou_weighted: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """NMS over one video's candidates, as the reference wrapper (spec E.2).
+    """NMS over one video's candidates, as the reference wrapper.
 
     Args:
         segs: N x 2 [start, end] in feature-grid steps; scores: N; cls_idxs: N class ids.

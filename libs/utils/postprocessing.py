@@ -1,5 +1,5 @@
-"""Post-processing of detections: feature grid -> seconds (spec E.5) and fusion with
-external video-level classification scores (spec E.6, formats in spec A.4).
+"""Post-processing of detections: feature grid -> seconds and fusion with external video-level
+classification scores (JSON or pickle files, see :func:`load_external_scores`).
 
 A *results dict* (what eval.py collects and ``eval.py --saveonly`` pickles) has the keys
 ``video-id`` (list of str, one per prediction), ``t-start``, ``t-end`` (seconds), ``label``
@@ -39,7 +39,7 @@ def segments_to_seconds(segs_grid: torch.Tensor, feat_stride: float, num_frames:
 
 
 def load_external_scores(filename: str) -> Mapping[str, np.ndarray]:
-    """Video-level class scores: video id -> vector indexed by class id (spec A.4).
+    """Video-level class scores: video id -> vector indexed by class id.
 
     A name containing ``.json`` is read as JSON (its ``results`` sub-dict when present, e.g.
     the CUHK ActivityNet file); anything else is unpickled (THUMOS UntrimmedNet scores).
@@ -86,7 +86,7 @@ def _group_by_video(results: Mapping, num_pred: int) -> Dict[str, Dict[str, np.n
 
 def postprocess_results(results: Union[ResultsDict, str], cls_score_file: str,
                         num_pred: int = 200, topk: int = 2) -> ResultsDict:
-    """Fuse detections with external video-level classification scores (spec E.6).
+    """Fuse detections with external video-level classification scores.
 
     Per video: keep the ``num_pred`` best detections; take the ``topk`` classes with the
     highest external scores; emit every kept segment once per chosen class with label = that

@@ -10,7 +10,7 @@ Prediction files (segments in seconds):
 
 Class-name tables (class id -> name): a label map text file (``<id><TAB><name>`` per line, as
 ``tools/ego4d_label_map.txt``, or one name per line, ids counting from 0), an annotation JSON
-(spec A.1: ``label`` / ``label_id`` of every annotation), or a results JSON carrying
+(``label`` / ``label_id`` of every annotation), or a results JSON carrying
 ``class_names`` (a list indexed by class id, as ``tools/predict.py`` writes).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@
 // `segs` (N x 2, float32 [start, end] in feature-grid steps) and `scores` (N, float32).
 // Groups are independent, so they are processed in parallel when there is enough work.
 //
-// Arithmetic follows the reference kernels exactly (spec E.3): single precision, segment
+// Arithmetic follows the reference kernels exactly: single precision, segment
 // "area" = end - start + 1e-6, IoU = inter / (area_i + area_j - inter), std::exp on floats.
 #include <torch/extension.h>
 
@@ -96,7 +96,7 @@ int64_t hard_nms_group(const float* x1, const float* x2, const float* areas,
 
 // Soft-NMS over one group of n candidates, in place (all arrays point at the group's rows).
 // Round i moves the best remaining candidate to slot i and decays the others; a candidate
-// whose score drops below min_score is replaced by the last live one (spec E.3).
+// whose score drops below min_score is replaced by the last live one.
 int64_t soft_nms_group(float* x1, float* x2, float* sc, float* areas, int64_t* inds, float* dets,
                        int64_t n, float iou_threshold, float sigma, float min_score,
                        int64_t method) {
