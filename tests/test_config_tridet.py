@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-import yaml
 
 from libs.core import ConfigError, load_config, save_config
 from libs.core.config import TRIDET_DEFAULTS, schema_defaults
 from libs.utils.lr_schedulers import make_scheduler
+from test_config import write_yaml
 
 # TriDet's THUMOS model block, as TriDet's YAML writes it (no model_name)
 TRIDET_THUMOS = {
@@ -27,15 +27,8 @@ TRIDET_THUMOS = {
 }
 
 
-def _write(tmp_path, cfg, name="cfg.yaml"):
-    path = os.path.join(tmp_path, name)
-    with open(path, "w") as fd:
-        yaml.safe_dump(cfg, fd)
-    return path
-
-
 def test_a_tridet_yaml_without_model_name_gets_tridets_defaults(tmp_path):
-    cfg = load_config(_write(tmp_path, TRIDET_THUMOS))
+    cfg = load_config(write_yaml(tmp_path, TRIDET_THUMOS))
     assert cfg["model_name"] == "TriDet"
     model = cfg["model"]
     # TriDet's defaults (its libs/core/config.py) fill what the YAML leaves out
@@ -63,42 +56,42 @@ def test_validation_is_strict_in_each_schema(tmp_path):
     cfg["model"]["num_bin"] = 8
     cfg["model"]["boundary_kernel_size"] = 3
     with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, cfg))
+        load_config(write_yaml(tmp_path, cfg))
     assert "model.num_bin: unknown key; did you mean model.num_bins?" in str(err.value)
     assert "model.boundary_kernel_size: unknown key; did you mean model.boudary_kernel_size?" in str(err.value)
     # ActionFormer keys are unknown to TriDet, and TriDet keys to ActionFormer
     cfg = copy.deepcopy(TRIDET_THUMOS)
     cfg["model"]["n_head"] = 4
     with pytest.raises(ConfigError, match="model.n_head: unknown key"):
-        load_config(_write(tmp_path, cfg))
+        load_config(write_yaml(tmp_path, cfg))
     cfg = copy.deepcopy(TRIDET_THUMOS)
     cfg["model_name"] = "LocPointTransformer"
     with pytest.raises(ConfigError, match="model.n_sgp_win_size: unknown key"):
-        load_config(_write(tmp_path, cfg))
+        load_config(write_yaml(tmp_path, cfg))
     # types, choices and values
     cfg = copy.deepcopy(TRIDET_THUMOS)
     cfg["model"].update(num_bins=2.5, downsample_type="mean")
     with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, cfg))
+        load_config(write_yaml(tmp_path, cfg))
     assert "model.num_bins: expected an integer, got 2.5" in str(err.value)
     assert "model.downsample_type: expected one of max, avg, got 'mean'" in str(err.value)
     cfg = copy.deepcopy(TRIDET_THUMOS)
     cfg["model"].update(n_sgp_win_size=[1, 3, 5], embd_dim=40, fpn_dim=40)
     with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, cfg))
+        load_config(write_yaml(tmp_path, cfg))
     assert "model.n_sgp_win_size: a list needs one window per pyramid level (6" in str(err.value)
     assert "model.embd_dim: SGP's GroupNorm needs a multiple of 16, got 40" in str(err.value)
 
 
 def test_overrides_follow_the_schema(tmp_path):
-    path = _write(tmp_path, TRIDET_THUMOS)
+    path = write_yaml(tmp_path, TRIDET_THUMOS)
     cfg = load_config(path, ["model.num_bins=8", "opt.eta_min=1e-5"])
     assert cfg["model"]["num_bins"] == 8 and cfg["opt"]["eta_min"] == 1e-5
     with pytest.raises(ConfigError, match=r"--opts: model.n_head: unknown key"):
         load_config(path, ["model.n_head=4"])
     # a YAML naming no model keys is ActionFormer's unless --opts says TriDet
     plain = {k: v for k, v in TRIDET_THUMOS.items() if k != "model"}
-    path = _write(tmp_path, plain, "plain.yaml")
+    path = write_yaml(tmp_path, plain, "plain.yaml")
     assert load_config(path)["model_name"] == "LocPointTransformer"
     cfg = load_config(path, ["model_name=TriDet", "model.n_sgp_win_size=3"])
     assert cfg["model_name"] == "TriDet" and cfg["model"]["num_bins"] == 16

@@ -63,6 +63,18 @@ def seconds(grid):
     return (grid * 4 + 8) / FPS
 
 
+def random_checkpoint(config, folder):
+    """(config dict, model, ``folder/epoch_001.pth.tar``): the config's model with seed-0 random
+    weights, saved as an EMA checkpoint."""
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    model = make_meta_arch(cfg["model_name"], **cfg["model"]).eval()
+    ckpt = folder / "epoch_001.pth.tar"
+    ckpt.parent.mkdir()
+    torch.save({"epoch": 1, "state_dict_ema": model.state_dict()}, ckpt)
+    return cfg, model, ckpt
+
+
 @pytest.fixture
 def demo(tmp_path):
     """Four test videos (one longer than max_seq_len), a config and a random-weight checkpoint."""
@@ -80,12 +92,7 @@ def demo(tmp_path):
     np.save(feat_dir / "train0.npy", synthetic_video(rng, 64, []))
     json_file = write_json(str(tmp_path / "ann" / "tiny.json"), database)
     config = tiny_config(tmp_path, json_file, str(feat_dir))
-    cfg = load_config(config)
-    torch.manual_seed(0)
-    model = make_meta_arch(cfg["model_name"], **cfg["model"]).eval()
-    ckpt = tmp_path / "run" / "epoch_001.pth.tar"
-    ckpt.parent.mkdir()
-    torch.save({"epoch": 1, "state_dict_ema": model.state_dict()}, ckpt)
+    cfg, model, ckpt = random_checkpoint(config, tmp_path / "run")
     return {"config": config, "cfg": cfg, "model": model, "ckpt": str(ckpt),
             "feat_dir": feat_dir, "json_file": json_file}
 

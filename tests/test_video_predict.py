@@ -5,14 +5,11 @@ import os
 import shutil
 
 import pytest
-import torch
 import yaml
 
-from libs.core import load_config
-from libs.modeling import make_meta_arch
 from libs.video import missing_video_extra
 from tests.fixtures_data import video, write_json
-from tests.test_predict import tiny_config
+from tests.test_predict import random_checkpoint, tiny_config
 from tests.video_helpers import write_video
 from tools import predict
 
@@ -33,12 +30,7 @@ def setup(tmp_path):
     raw["features"] = FEATURES
     with open(config, "w") as f:
         yaml.safe_dump(raw, f)
-    cfg = load_config(config)
-    torch.manual_seed(0)
-    model = make_meta_arch(cfg["model_name"], **cfg["model"]).eval()
-    ckpt = tmp_path / "run" / "epoch_001.pth.tar"
-    ckpt.parent.mkdir()
-    torch.save({"epoch": 1, "state_dict_ema": model.state_dict()}, ckpt)
+    cfg, model, ckpt = random_checkpoint(config, tmp_path / "run")
     (tmp_path / "videos").mkdir()
     write_video(str(tmp_path / "videos" / "clip.mp4"), 120, 30, height=40, width=48)
     return {"config": config, "raw": raw, "ckpt": str(ckpt), "json": json_file,
