@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from libs.modeling import blocks
 from libs.modeling.attention import local_attention
 from libs.modeling.blocks import FastConv1d, reference_formulation
 from libs.modeling.kernels import chunk_spans, strided_depthwise_conv
@@ -36,10 +37,13 @@ def test_strided_depthwise_conv_equals_conv2d_in_float32(k, stride, bias):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_strided_depthwise_fast_conv_under_autocast_equals_plain(dtype, bias):
-    """FastConv1d takes the custom backward under autocast; the plain Conv1d under the same
-    autocast gives the same outputs and gradients (input, weight, bias) to low-precision
-    rounding, and the output dtype is autocast's."""
+def test_strided_depthwise_fast_conv_under_autocast_equals_plain(dtype, bias, monkeypatch):
+    """FastConv1d takes the custom backward under autocast (on the CPU); the plain Conv1d under
+    the same autocast gives the same outputs and gradients (input, weight, bias) to
+    low-precision rounding, and the output dtype is autocast's."""
+    calls = []
+    monkeypatch.setattr(blocks, "strided_depthwise_conv",
+                        lambda *args: calls.append(1) or strided_depthwise_conv(*args))
     torch.manual_seed(0)
     conv = FastConv1d(8, 8, 3, stride=2, groups=8, bias=bias)
     x = torch.randn(2, 20, 8).transpose(1, 2).requires_grad_()     # channels-last, as in blocks
@@ -49,8 +53,11 @@ def test_strided_depthwise_fast_conv_under_autocast_equals_plain(dtype, bias):
         with reference_formulation(plain), torch.autocast("cpu", dtype=dtype):
             results.append(_grads(lambda: conv(x), leaves))
             assert conv(x).dtype == dtype
+    assert len(calls) == 2                                # the fast path's two calls
     for a, p in zip(*results):
         _close(a, p, 1e-2)
+    conv(x.detach())                                      # float32: the plain conv2d
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("T, chunk, halo", [(23, 10, 2), (20, 10, 4), (5, 6, 2), (40, 10, 9),

@@ -154,6 +154,12 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def _low_precision_cpu(x: Tensor) -> bool:
+    """True when a convolution of ``x`` runs in bf16 / fp16 on the CPU (where oneDNN's strided
+    depthwise backward is slow; GPUs were not measured and keep the plain call)."""
+    return x.device.type == "cpu" and _compute_dtype(x) in _LOW_PRECISION
+
+
 def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
     """Nearest-neighbour down-sampling of a ``B×1×T`` mask: ``out[i] = mask[stride·i]``."""
     if mask is None or stride == 1:
@@ -208,8 +214,8 @@ class FastConv1d(nn.Conv1d):
     all of these return channels-last memory. A dense kernel on channel-first input (the raw
     features) stays a channel-first ``conv1d``. Measured on this CPU (fp32 and bf16, forward and
     backward), each beats both the other layout and a GEMM over a k-step window. Strided
-    depthwise kernels in bf16 / fp16 take :func:`~libs.modeling.kernels.strided_depthwise_conv`
-    (same numbers, a 10x faster backward on CPU).
+    depthwise kernels in bf16 / fp16 on the CPU take
+    :func:`~libs.modeling.kernels.strided_depthwise_conv` (same numbers, a 10x faster backward).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
@@ -226,14 +232,18 @@ class FastConv1d(nn.Conv1d):
                             self.bias).transpose(1, 2)
         if self.groups > 1 or _is_channels_last(x):
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            dtype = _compute_dtype(x)
-            if stride > 1 and self.groups == self.out_channels and dtype in _LOW_PRECISION:
-                cast = [None if t is None else t.to(dtype) for t in (self.weight, self.bias)]
-                return strided_depthwise_conv(x4.to(dtype), cast[0].unsqueeze(2), cast[1],
-                                              stride).squeeze(2)
+            if stride > 1 and self.groups == self.out_channels and _low_precision_cpu(x):
+                return self._strided_depthwise(x4, _compute_dtype(x)).squeeze(2)
             return F.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, stride), (0, k // 2),
                             groups=self.groups).squeeze(2)
         return super().forward(x)
+
+    def _strided_depthwise(self, x4: Tensor, dtype: torch.dtype) -> Tensor:
+        """The depthwise conv of channels-last ``B×C×1×T`` ``x4`` in ``dtype`` (cast as autocast
+        casts) with the cheaper backward of :func:`strided_depthwise_conv`."""
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return strided_depthwise_conv(x4.to(dtype), self.weight.to(dtype).unsqueeze(2), bias,
+                                      self.stride[0])
 
     def forward_reference(self, x: Tensor) -> Tensor:
         """Plain definition: ``Conv1d`` on the channel-first input."""
