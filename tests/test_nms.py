@@ -14,6 +14,7 @@ import torch
 from libs.utils import batched_nms
 from libs.utils import cpp_build
 from libs.utils import nms as nms_module
+from libs.utils import nms_torch
 from libs.utils.nms import (cpp_nms_available, hard_nms_grouped, seg_voting,
                             soft_nms_grouped)
 
@@ -359,35 +360,38 @@ def test_cpp_backend_requested_without_extension(monkeypatch):
 # The position-free loop, early stopping, and the extension compiled on first use
 # ------------------------------------------------------------------------------------------
 def packed_groups(segs, scores, offsets):
-    sizes, width, group, col = nms_module._pad_groups(offsets, segs.device)
-    return nms_module._pack(segs, scores, group, col, sizes.numel(), width), width
+    sizes, width, group, col = nms_torch.pad_groups(offsets, segs.device)
+    return nms_torch._pack(segs, scores, group, col, sizes.numel(), width), width
 
 
 PARAMS = [("gaussian", 0.3, 0.5, 0.001), ("gaussian", 0.3, 0.9, 0.05), ("linear", 0.3, 0.5, 0.0),
           ("linear", 0.5, 0.5, 0.01), ("hard", 0.4, 0.5, 0.05)]
 
 
+@pytest.mark.parametrize("by_chains", [False, True])
 @pytest.mark.parametrize("method, thr, sigma, min_score", PARAMS)
-def test_position_free_loop_equals_positional_loop(method, thr, sigma, min_score):
-    # random groups, a third with quantised segments and scores (ties), some all equal
+def test_position_free_loop_equals_positional_loop(method, thr, sigma, min_score, by_chains):
+    # random groups, a third with quantised segments and scores (ties), some all equal; the
+    # loop runs over whole groups or over chains of overlapping segments merged back
     segs, scores, offsets = random_groups(7, 300, 25)
     packed, width = packed_groups(segs, scores, offsets)
-    params = nms_module._SoftParams(nms_module._f32(thr), nms_module._f32(sigma),
-                                    nms_module._f32(min_score), nms_module.SOFT_NMS_METHODS[method])
-    cols, sel, counts, tied = nms_module._soft_nms_unordered(packed, params, width)
-    ref_cols, ref_sel, ref_counts = nms_module._soft_nms_positional(packed, params, width)
-    untied = ~tied
-    assert tied.any() and untied.sum() > 150          # both kinds occur
+    params = nms_torch.SoftParams(nms_torch.f32(thr), nms_torch.f32(sigma),
+                                  nms_torch.f32(min_score), nms_torch.SOFT_NMS_METHODS[method])
+    found = nms_torch._select(segs, scores, offsets, params, width, None, by_chains)
+    counts = torch.bincount(found.group, minlength=300)
+    ref_cols, ref_sel, ref_counts = nms_torch._soft_nms_positional(packed, params, width)
+    untied = ~found.tied
+    assert found.tied.any() and untied.sum() > 150          # both kinds occur
     assert torch.equal(counts[untied], ref_counts[untied])
     for g in untied.nonzero().squeeze(1).tolist():
-        k = int(counts[g])
-        assert torch.equal(cols[g, :k], ref_cols[g, :k])
-        assert torch.equal(sel[g, :k], ref_sel[g, :k])
+        k, mine = int(counts[g]), found.group == g
+        assert torch.equal(found.rows[mine] - offsets[g], ref_cols[g, :k])
+        assert torch.equal(found.scores[mine], ref_sel[g, :k])
     # a group of distinct scores is never reported tied
     distinct = torch.tensor([len(set(scores[int(offsets[g]):int(offsets[g + 1])].tolist()))
                              == int(offsets[g + 1] - offsets[g]) for g in range(300)])
     quantised = torch.arange(300) % 3 == 0
-    assert not tied[distinct & ~quantised & (torch.arange(300) % 7 != 0)].any()
+    assert not found.tied[distinct & ~quantised & (torch.arange(300) % 7 != 0)].any()
 
 
 @pytest.mark.parametrize("method, thr, sigma, min_score", PARAMS)
