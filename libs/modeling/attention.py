@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kernels import chunk_spans
+
 __all__ = ["PADDED_KEY_LOGIT", "key_bias", "local_attention", "local_attention_dense",
            "global_attention"]
 
@@ -71,10 +73,13 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: i
 
     Same inputs, outputs and numbers as :func:`local_attention_dense` (rows of padded queries
     excepted: they are garbage here and zeroed by the caller). Queries are cut into chunks of
-    ``c = 2·window`` steps; each chunk meets its ``c + 2h`` neighbouring keys in one matmul, and
-    the band of ``2h+1`` slots per query is cut out of (and pasted back into) that block.
+    ``c = 2·window`` steps; each chunk meets its ``c + 2h`` neighbouring keys
+    (:func:`~libs.modeling.kernels.chunk_spans`) in one matmul, and the band of ``2h+1`` slots per
+    query is cut out of (and pasted back into) that block. Everything runs on step-major
+    ``B×H×·×d`` copies (rows of d channels, as the channels-last projections give them).
     Slots outside the sequence get the most negative half of the dtype's range instead of −∞:
-    the same zero weight, and no NaN in the rows of the chunk padding.
+    the same zero weight, and no NaN in the rows of the chunk padding. The output is a view of
+    a ``B×T×H×d`` buffer: ``flatten(1, 2)`` of it is a channels-last ``B×E×T``.
     """
     h = window // 2
     w = 2 * h + 1
@@ -83,19 +88,18 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: i
     n = -(-T // c)
     tail = n * c - T
     outside = torch.finfo(q.dtype).min / 2
-    q_chunks = F.pad(q, (0, tail)).unflatten(-1, (n, c)).permute(0, 1, 3, 4, 2)   # B×H×n×c×d
-    k_spans = F.pad(k, (h, h + tail)).unfold(-1, c + 2 * h, c)                    # B×H×d×n×(c+2h)
-    v_spans = F.pad(v, (h, h + tail)).unfold(-1, c + 2 * h, c)
-    logits = _band_of(q_chunks @ k_spans.transpose(2, 3), w)                      # B×H×n×c×w
+    q_chunks = chunk_spans(q.transpose(2, 3), c)                                  # B×H×n×c×d
+    k_spans = chunk_spans(k.transpose(2, 3), c, h)                                # B×H×n×(c+2h)×d
+    v_spans = chunk_spans(v.transpose(2, 3), c, h)
+    logits = _band_of(q_chunks @ k_spans.transpose(3, 4), w)                      # B×H×n×c×w
     if rel_pe is not None:
         logits = logits + rel_pe.reshape(1, H, 1, 1, w)
     bias = F.pad(key_bias(key_mask, q.dtype), (h, h + tail), value=outside).unfold(-1, w, 1)
     probs = (logits + bias.unflatten(2, (n, c))).softmax(dim=-1)                  # B×H×n×c×w
     if drop is not None:                                  # B×T×H×w -> B×H×n×c×w
         probs = probs * F.pad(drop.transpose(1, 2), (0, 0, 0, tail)).unflatten(2, (n, c))
-    out = _band_to_chunk(probs) @ v_spans.permute(0, 1, 3, 4, 2)                  # B×H×n×c×d
-    # B×H×d×T seen on a B×T×H×d buffer: heads.flatten(1, 2) is channels-last B×E×T, no copy
-    return out.permute(0, 2, 3, 1, 4).reshape(B, n * c, H, d)[:, :T].permute(0, 2, 3, 1)
+    out = _band_to_chunk(probs) @ v_spans                                         # B×H×n×c×d
+    return out.permute(0, 2, 3, 1, 4).flatten(1, 2)[:, :T].contiguous().permute(0, 2, 3, 1)
 
 
 def global_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,

