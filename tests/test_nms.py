@@ -451,6 +451,82 @@ def test_batched_nms_early_stop_matches_full_computation():
             assert torch.equal(out[2], outs[0][2]) and torch.equal(out[0], outs[0][0])
 
 
+def clustered_candidates(seed, num=2000, num_classes=20, skewed=False, length=2304):
+    """One video's candidates: clustered around 30 actions, 2-100 steps long, mostly low
+    scores; classes uniform or mostly the first few."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.rand(30, generator=gen) * length
+    mid = centers[torch.randint(0, 30, (num,), generator=gen)] + torch.randn(
+        num, generator=gen) * 20
+    half = (torch.rand(num, generator=gen) * 98 + 2) / 2
+    scores = torch.rand(num, generator=gen) ** 3
+    u = torch.rand(num, generator=gen)
+    labels = ((u ** 4 if skewed else u) * num_classes).long()
+    return torch.stack([mid - half, mid + half], 1), scores, labels
+
+
+@needs_cpp
+@pytest.mark.parametrize("multiclass, skewed", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batched_nms_on_clustered_candidates_matches_the_kernel(multiclass, skewed, precision):
+    # video-sized inputs take every shortcut of the PyTorch soft-NMS (chains, the best
+    # candidates first, the early stop); bf16-rounded scores tie often (the exact replay)
+    for seed in range(3):
+        segs, scores, labels = clustered_candidates(seed, skewed=skewed)
+        if precision == "bf16":
+            scores = scores.bfloat16().float()
+        for max_seg_num in (200, 30):
+            kwargs = dict(iou_threshold=0.1, min_score=0.001, max_seg_num=max_seg_num,
+                          multiclass=multiclass, sigma=0.5, voting_thresh=0.7)
+            cpp = batched_nms(segs, scores, labels, backend="cpp", **kwargs)
+            tch = batched_nms(segs, scores, labels, backend="torch", **kwargs)
+            assert torch.equal(cpp[2], tch[2])
+            torch.testing.assert_close(tch[0], cpp[0], rtol=0, atol=1e-4)
+            torch.testing.assert_close(tch[1], cpp[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([0.004, 0.008, 0.006], [1]),           # best of three chains, all below min_score
+    ([0.004, 0.008, 0.008], [1]),           # tied best: the lowest row, as the kernel
+    ([0.5, 0.008, 0.009], [0]),             # later chains' firsts below min_score are no picks
+])
+def test_first_pick_below_min_score_across_chains(scores, expected):
+    # three segments that do not overlap: three chains of one class; the kernel picks the
+    # best once and removes everything below min_score right after
+    segs = t([[0, 1], [2, 3], [4, 5]])
+    dets, inds = run_soft("torch", segs, t(scores), min_score=0.01)
+    ref_dets, ref_inds = naive_soft_nms(segs.tolist(), scores, 0.5, 0.5, 0.01, "gaussian")
+    assert inds.tolist() == ref_inds == expected
+
+
+def test_best_candidates_first_equals_all_candidates(monkeypatch):
+    # the run on the best candidates alone is kept only when it provably gives the same
+    # selections: compare with the same call on every candidate, for tries that succeed
+    # at once, on the second try and never
+    calls = []
+    select = nms_torch._select
+    monkeypatch.setattr(nms_torch, "_select", lambda *a: calls.append(a[0].shape[0])
+                        or select(*a))
+    params = nms_torch.SoftParams(nms_torch.f32(0.1), nms_torch.f32(0.5),
+                                  nms_torch.f32(0.001), nms_torch.SOFT_NMS_METHODS["gaussian"])
+    tries = set()
+    for seed, num_classes, top_total in ((0, 20, 200), (1, 1, 200), (1, 2, 200), (2, 1, 900)):
+        segs, scores, labels = clustered_candidates(seed, num=1500, num_classes=num_classes)
+        labels, order = labels.sort(stable=True)
+        segs, scores = segs[order], scores[order]
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long),
+                             torch.bincount(labels, minlength=num_classes).cumsum(0)])
+        calls.clear()
+        rows, sel, counts = nms_torch.soft_nms(segs, scores, offsets, params, 1500, top_total)
+        tries.add(tuple(n < len(scores) for n in calls))
+        all_rows, all_sel, all_counts = nms_torch.soft_nms(segs, scores, offsets, params, 1500,
+                                                           None)
+        kth = all_sel.topk(min(top_total, len(all_sel))).values[-1]
+        wanted = all_sel >= kth
+        assert torch.equal(rows, all_rows[wanted]) and torch.equal(sel, all_sel[wanted])
+    assert (True,) in tries and (True, True) in tries and (False,) in tries
+
+
 def test_extension_loading_order(monkeypatch):
     built = object()
     monkeypatch.setattr(nms_module, "load_or_build", lambda: built)

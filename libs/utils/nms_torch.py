@@ -144,9 +144,11 @@ def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
 
 
 def _select(segs, scores, offsets_dev, params: SoftParams, limit: int,
-            top_total: Optional[int], by_chains: bool) -> _Flat:
+            top_total: Optional[int], by_chains: bool, wanted: float = float("-inf")
+            ) -> _Flat:
     """The position-free loop over every group's chains (``by_chains``, when exact) or over
-    the whole groups, merged into each group's order."""
+    the whole groups, merged into each group's order. Selections below ``wanted`` may be
+    left out."""
     device = segs.device
     sizes, width, group, col = pad_groups(offsets_dev, device)
     if by_chains:
@@ -157,7 +159,7 @@ def _select(segs, scores, offsets_dev, params: SoftParams, limit: int,
     unit_sizes, unit_width, unit, unit_col = pad_groups(units.offsets, device)
     packed = _pack(segs[units.rows], scores[units.rows], unit, unit_col, unit_sizes.numel(),
                    unit_width)
-    found = _soft_nms_unordered(packed, params, min(limit, unit_width), top_total)
+    found = _soft_nms_unordered(packed, params, min(limit, unit_width), top_total, wanted)
     rows = units.rows[units.offsets[found.unit] + found.col]
     return _merge(rows, found.scores, units.group[found.unit], units.group[found.tied],
                   found.floor, sizes.numel(), limit, params.min_score)
@@ -194,20 +196,22 @@ def _select_from_best(segs, scores, offsets_dev, params: SoftParams, limit: int,
     or above ``t`` is the same with or without the candidates below it. When the
     ``top_total``-th best selection from the candidates >= ``t`` is itself >= ``t``, they
     give every selection that is returned. Tries the best ``2 * top_total`` candidates,
-    then from 3/4 of the cut-off that try found, then all."""
-    threshold = scores.topk(min(2 * top_total, scores.numel())).values[-1]
+    then as many more as the selections >= ``t`` fell short of ``top_total``, then all."""
+    tried = 2 * top_total if offsets_dev.numel() > 2 else 5 * top_total
     for _ in range(2):
-        rows = (scores >= threshold).nonzero().squeeze(1)
-        if rows.numel() == scores.numel():
+        if tried >= scores.numel():
             break
+        threshold = scores.topk(tried).values[-1]
+        rows = (scores >= threshold).nonzero().squeeze(1)
         counts = torch.bincount(torch.searchsorted(offsets_dev[1:], rows, right=True),
                                 minlength=offsets_dev.numel() - 1)
         flat = _select(segs[rows], scores[rows], torch.cat([counts.new_zeros(1),
                                                             counts.cumsum(0)]),
-                       params, limit, top_total, True)
+                       params, limit, top_total, True, float(threshold))
         if flat.floor >= float(threshold):
             return flat._replace(rows=rows[flat.rows])
-        threshold = 0.75 * flat.floor if flat.floor > float("-inf") else float("-inf")
+        above = int((flat.scores >= threshold).sum())
+        tried = int(tried * 1.25 * top_total / max(above, 1))
     return _select(segs, scores, offsets_dev, params, limit, top_total, True)
 
 
@@ -234,7 +238,8 @@ def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit
 
 class _Packed(NamedTuple):
     """Ragged groups packed left-aligned into G x M arrays (M = largest group)."""
-    coords: torch.Tensor   # G x 3 x M float32: start, end, area (= end - start + 1e-6)
+    coords: torch.Tensor   # G x 3 x M float32: start, end, area (= end - start + 1e-6);
+                           # padding (0, 0, 1): IoU 0 with anything, never 0 / 0
     scores: torch.Tensor   # G x M float32
     dead: torch.Tensor     # G x M bool: True on padding
 
@@ -242,13 +247,20 @@ class _Packed(NamedTuple):
 def _pack(segs: torch.Tensor, scores: torch.Tensor, group: torch.Tensor, col: torch.Tensor,
           num_groups: int, width: int) -> _Packed:
     areas = segs[:, 1] - segs[:, 0] + AREA_EPS
-    coords = segs.new_zeros(num_groups, 3, width)
+    coords = _padding_coords(segs, num_groups, width)
     coords[group, :, col] = torch.stack([segs[:, 0], segs[:, 1], areas], 1)
     padded_scores = scores.new_zeros(num_groups, width)
     padded_scores[group, col] = scores
     dead = torch.ones(num_groups, width, dtype=torch.bool, device=segs.device)
     dead[group, col] = False
     return _Packed(coords, padded_scores, dead)
+
+
+def _padding_coords(like: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """rows x 3 x width coordinates of padding: start 0, end 0, area 1."""
+    coords = like.new_zeros(rows, 3, width)
+    coords[:, 2] = 1
+    return coords
 
 
 def _decay_weight(ovr: torch.Tensor, params: SoftParams) -> torch.Tensor:
@@ -316,7 +328,8 @@ class _Found(NamedTuple):
 
 
 def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
-                        top_total: Optional[int] = None) -> _Found:
+                        top_total: Optional[int] = None, wanted: float = float("-inf")
+                        ) -> _Found:
     """All units advance side by side without moving candidates in memory.
 
     The kernel's slot order only decides between tied maxima, so without ties this equals it
@@ -325,13 +338,15 @@ def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
     those selected before it, still beats every other entry's current score (``_advance``).
     A candidate decayed below ``min_score`` stays below every live one, so it needs no
     removal; every third iteration the entries that can no longer be selected (taken, below
-    ``min_score`` or the ``top_total``-th best selection so far, or in a unit that made
-    ``rounds``) are dropped and the rest re-packed; the loop ends when none is left.
+    ``min_score``, ``wanted`` or the ``top_total``-th best selection so far, or in a unit that
+    made ``rounds``) are dropped and the rest re-packed; the loop ends when none is left.
     Selections below the final ``top_total``-th best are left out. A unit's first
     selection is returned even below ``min_score`` (``_merge`` decides).
     """
     extra = max(_WINDOW + 1 - packed.scores.shape[1], 0)     # room for the window
-    coords, scores = (F.pad(x, (0, extra)) for x in packed[:2])
+    coords = torch.cat([packed.coords, _padding_coords(packed.coords, packed.coords.shape[0],
+                                                       extra)], 2)
+    scores = F.pad(packed.scores, (0, extra))
     num_units, width = scores.shape
     device = scores.device
     state = _LoopState(coords, scores,
@@ -343,8 +358,8 @@ def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
     record = []
     for iteration in range(rounds):
         if iteration % 3 == 1:     # a host sync every third iteration
-            state = state.drop_below(_selection_floor(record, params.min_score, top_total),
-                                     rounds)
+            floor = _selection_floor(record, params.min_score, top_total)
+            state = state.drop_below(max(floor, wanted), rounds)
             if state.scores.shape[1] == 0:
                 break
         step = _advance(state, params)
@@ -368,27 +383,26 @@ def _advance(state: "_LoopState", params: SoftParams) -> _Step:
     next best by current score) while c_i decayed by c_0 .. c_i-1 beats the current score of
     c_i+1, hence of every other entry (scores only decay); the entries decay by c_0, c_1, ...
     in turn, as in the kernel's successive rounds."""
-    key = state.scores + state.taken
-    top, idx = key.topk(_WINDOW + 1, dim=1)                     # U' x (K+1), sorted
+    top, idx = (state.scores + state.taken).topk(_WINDOW + 1, dim=1)    # U' x (K+1), sorted
     idx = idx[:, :_WINDOW]
-    win = state.coords.gather(2, idx[:, None].expand(-1, 3, -1))
-    weights = _decay_weight(_iou(win[..., None].unbind(1), state.coords[:, :, None].unbind(1)),
-                            params)                                         # U' x K x W
+    spread = idx[:, None]
+    win = state.coords.gather(2, spread.expand(-1, 3, -1))[..., None].unbind(1)
+    weights = _decay_weight(_iou(win, state.spread_coords), params)       # U' x K x W
     # on_window[:, l, i]: weight of c_l on c_i, 1 unless l < i
-    on_window = torch.where(_before(idx.device), weights.gather(
-        2, idx[:, None].expand(-1, _WINDOW, -1)), 1.0)
+    on_window = torch.where(_before(idx.device),
+                            weights.gather(2, spread.expand(-1, _WINDOW, -1)), 1.0)
     decayed = top[:, :_WINDOW]
-    for i in range(_WINDOW - 1):
-        decayed = decayed * on_window[:, i]
-    stays = (decayed[:, 1:] > top[:, 2:]) & (decayed[:, 1:] >= params.min_score)
-    count = stays.cumprod(1).sum(1) + 1
-    chosen = _positions(idx.device) < count[:, None]
-    weights.masked_fill_(~chosen[:, :, None], 1.0)
-    for i in range(_WINDOW):
-        state.scores.mul_(weights[:, i])
-    state.taken.scatter_(1, idx, torch.where(chosen, float("-inf"), state.taken.gather(1, idx)))
+    for row in on_window.unbind(1)[:-1]:
+        decayed = decayed * row
+    later = decayed[:, 1:]
+    count = ((later > top[:, 2:]) & (later >= params.min_score)).cumprod(1).sum(1) + 1
+    passed = _positions(idx.device) >= count[:, None]
+    for row in weights.masked_fill_(passed[..., None], 1.0).unbind(1):
+        state.scores.mul_(row)
+    state.taken.scatter_(1, idx, state.taken.gather(1, idx).masked_fill_(~passed,
+                                                                         float("-inf")))
     return _Step(state.units, state.made, count, state.cols.gather(1, idx),
-                 decayed.masked_fill(~chosen, float("-inf")), top[:, 0] == top[:, 1])
+                 decayed.masked_fill_(passed, float("-inf")), top[:, 0] == top[:, 1])
 
 
 @functools.lru_cache(maxsize=None)
@@ -433,6 +447,11 @@ class _LoopState(NamedTuple):
     units: torch.Tensor    # U', unit of each row
     made: torch.Tensor     # U', selections so far
 
+    @property
+    def spread_coords(self) -> Tuple[torch.Tensor, ...]:
+        """start, end and area, each U' x 1 x W (against the window's U' x K x 1)."""
+        return self.coords[:, :, None].unbind(1)
+
     def drop_below(self, floor: float, rounds: int) -> "_LoopState":
         """Keep, left-aligned, the entries not taken and scoring at least ``floor``, in the
         units that have any and made fewer than ``rounds`` selections."""
@@ -450,7 +469,7 @@ class _LoopState(NamedTuple):
         new_c = torch.arange(g.numel(), device=g.device) - (torch.cumsum(sizes, 0)
                                                             - sizes)[g]
         old_g = active[g]
-        coords = self.coords.new_zeros(active.numel(), 3, width)
+        coords = _padding_coords(self.coords, active.numel(), width)
         coords[g, :, new_c] = self.coords[old_g, :, c]
         scores = self.scores.new_zeros(active.numel(), width)
         scores[g, new_c] = self.scores[old_g, c]
