@@ -297,7 +297,10 @@ def batched_nms(segs: torch.Tensor, scores: torch.Tensor, cls_idxs: torch.Tensor
     if use_soft_nms:
         soft = functools.partial(_soft_nms_selections, segs, scores, cls_idxs, offsets,
                                  iou_threshold, sigma, min_score, soft_method, backend, cap)
-        top_total = max_seg_num if max_seg_num > 0 else None
+        # with equal scores among the best inputs (bf16 logits) the final sort's ties need
+        # every selection: compute them all at once rather than after a first attempt
+        top_total = max_seg_num if 0 < max_seg_num < scores.numel() \
+            and not _ties_among_best(scores, max_seg_num) else None
         new_segs, new_scores, new_cls = soft(top_total)
         if top_total is not None and _ties_among_best(new_scores, top_total):
             # the final sort orders ties by its input: recompute the whole input

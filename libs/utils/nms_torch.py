@@ -104,7 +104,9 @@ class _Flat(NamedTuple):
     scores: torch.Tensor   # S float32, their decayed scores
     group: torch.Tensor    # S int64, ascending
     tied: torch.Tensor     # G bool: a maximum was shared, the group's selections may differ
-    floor: float           # selections below it were left out (``top_total``-th best) or -inf
+    floor: float           # selections below it were left out, or -inf: the ``top_total``-th
+                           # best of those made before any tie in their unit (hence at most
+                           # the true one)
 
 
 def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
@@ -137,9 +139,6 @@ def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
             flat = _select(segs, scores, offsets_dev, params, limit, top_total, by_chains)
         if bool(flat.tied.any()):
             flat = _redo_tied(flat, segs, scores, offsets_dev, params, limit)
-            if flat.floor > _kth_best(flat.scores, top_total):
-                # the cut-off came from a tied group's wrong selections: no cut-off
-                return soft_nms(segs, scores, offsets, params, limit, None)
     return flat.rows, flat.scores, torch.bincount(flat.group, minlength=num_groups)
 
 
@@ -217,7 +216,8 @@ def _select_from_best(segs, scores, offsets_dev, params: SoftParams, limit: int,
 
 def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit: int
                ) -> _Flat:
-    """The tied groups' selections replaced by the kernel's loop replayed on them."""
+    """The tied groups' selections replaced by the kernel's loop replayed on them, until
+    their selections fall below ``flat.floor``."""
     device = segs.device
     redo = flat.tied.nonzero().squeeze(1)
     sizes = (offsets_dev[1:] - offsets_dev[:-1])[redo]
@@ -225,7 +225,8 @@ def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit
     _, width, group, col = pad_groups(redo_offsets, device)
     rows = offsets_dev[redo][group] + col
     packed = _pack(segs[rows], scores[rows], group, col, redo.numel(), width)
-    cols, sel_scores, counts = _soft_nms_positional(packed, params, min(limit, width))
+    cols, sel_scores, counts = _soft_nms_positional(packed, params, min(limit, width),
+                                                    flat.floor)
     g, k = (torch.arange(cols.shape[1], device=device) < counts[:, None]).nonzero(
         as_tuple=True)
     untied = ~flat.tied[flat.group]
@@ -324,7 +325,7 @@ class _Found(NamedTuple):
     col: torch.Tensor      # S int64, packed column in the unit
     scores: torch.Tensor   # S float32
     tied: torch.Tensor     # T int64: units where a maximum was shared
-    floor: float           # selections below it were left out, or -inf
+    floor: float           # selections below it were left out, or -inf (see ``_Flat``)
 
 
 def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
@@ -354,7 +355,8 @@ def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
                            F.pad(packed.dead, (0, extra), value=True), float("-inf")),
                        torch.arange(width, device=device).expand(num_units, -1),
                        torch.arange(num_units, device=device),
-                       torch.zeros(num_units, dtype=torch.long, device=device))
+                       torch.zeros(num_units, dtype=torch.long, device=device),
+                       torch.zeros(num_units, dtype=torch.bool, device=device))
     record = []
     for iteration in range(rounds):
         if iteration % 3 == 1:     # a host sync every third iteration
@@ -376,6 +378,7 @@ class _Step(NamedTuple):
     cols: torch.Tensor     # U' x _WINDOW packed columns, in selection order
     scores: torch.Tensor   # U' x _WINDOW their decayed scores, -inf past ``count``
     tied: torch.Tensor     # U', the first one's maximum was shared
+    trusted: torch.Tensor  # U' x _WINDOW, made before any tie in the unit: surely the kernel's
 
 
 def _advance(state: "_LoopState", params: SoftParams) -> _Step:
@@ -397,12 +400,15 @@ def _advance(state: "_LoopState", params: SoftParams) -> _Step:
     later = decayed[:, 1:]
     count = ((later > top[:, 2:]) & (later >= params.min_score)).cumprod(1).sum(1) + 1
     passed = _positions(idx.device) >= count[:, None]
+    tied = top[:, 0] == top[:, 1]
+    trusted = ~state.tied[:, None] & (~tied[:, None] | (_positions(idx.device) == 0))
+    state.tied.logical_or_(tied)
     for row in weights.masked_fill_(passed[..., None], 1.0).unbind(1):
         state.scores.mul_(row)
     state.taken.scatter_(1, idx, state.taken.gather(1, idx).masked_fill_(~passed,
                                                                          float("-inf")))
     return _Step(state.units, state.made, count, state.cols.gather(1, idx),
-                 decayed.masked_fill_(passed, float("-inf")), top[:, 0] == top[:, 1])
+                 decayed.masked_fill_(passed, float("-inf")), tied, trusted)
 
 
 @functools.lru_cache(maxsize=None)
@@ -427,7 +433,7 @@ def _found(record: List[_Step], rounds: int, min_score: float, top_total: Option
     made = (steps.scores > float("-inf")) & (
         steps.first[:, None] + _positions(device) < rounds)
     sel_scores = steps.scores[made]
-    floor = _kth_best(sel_scores[sel_scores >= min_score], top_total)
+    floor = _kth_best(sel_scores[(sel_scores >= min_score) & steps.trusted[made]], top_total)
     keep = sel_scores >= floor
     unit = steps.units[:, None].expand_as(made)[made][keep]
     # ties matter at selections the kernel makes: those >= min_score and the first ones
@@ -446,6 +452,7 @@ class _LoopState(NamedTuple):
     cols: torch.Tensor     # U' x W, packed column of each entry
     units: torch.Tensor    # U', unit of each row
     made: torch.Tensor     # U', selections so far
+    tied: torch.Tensor     # U' bool, a maximum was shared in an iteration so far
 
     @property
     def spread_coords(self) -> Tuple[torch.Tensor, ...]:
@@ -477,17 +484,20 @@ class _LoopState(NamedTuple):
         taken[g, new_c] = 0
         cols = self.cols.new_zeros(scores.shape)
         cols[g, new_c] = self.cols[old_g, c]
-        return _LoopState(coords, scores, taken, cols, self.units[active], self.made[active])
+        return _LoopState(coords, scores, taken, cols, self.units[active], self.made[active],
+                          self.tied[active])
 
 
 def _selection_floor(record: List[_Step], min_score: float, top_total: Optional[int]
                      ) -> float:
     """The score a later selection needs to matter: ``min_score``, or the ``top_total``-th
-    best selection so far when higher. First maxima below ``min_score`` count whether or
-    not they were selections: they can only decide a k-th best below ``min_score``."""
+    best selection so far when higher (of those made before any tie in their unit). First
+    maxima below ``min_score`` count whether or not they were selections: they can only
+    decide a k-th best below ``min_score``."""
     if not top_total or not record:
         return min_score
-    made = torch.cat([step.scores.view(-1) for step in record])
+    made = torch.cat([step.scores.masked_fill(~step.trusted, float("-inf")).view(-1)
+                      for step in record])
     return max(min_score, _kth_best(made, top_total))
 
 
@@ -501,9 +511,11 @@ def _kth_best(values: torch.Tensor, k: Optional[int]) -> float:
 # --------------------------------------------------------------------------------------------
 # The kernel's loop, replayed
 # --------------------------------------------------------------------------------------------
-def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int):
+def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
+                         stop_below: float = float("-inf")):
     """The kernel's loop with its memory moves: round i swaps the best live candidate
-    (lowest slot on ties) into slot i and removes decayed-out ones by compaction.
+    (lowest slot on ties) into slot i and removes decayed-out ones by compaction. Stops
+    once every group's last selection is below ``stop_below`` (checked every 4th round).
     Returns selected columns and scores (G x rounds) and counts (G)."""
     vals = torch.cat([packed.coords, packed.scores[:, None]], 1)   # G x 4 x M: x1 x2 area s
     num_groups, _, width = vals.shape
@@ -515,7 +527,9 @@ def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int):
     sel_scores = torch.zeros(num_groups, rounds, dtype=vals.dtype, device=device)
     for i in range(rounds):
         end = int(live_count.max())
-        if i >= end:
+        if i >= end or (i % 4 == 0 and i > 0 and bool(
+                ((sel_scores[:, i - 1] < stop_below) | (live_count <= i)).all())):
+            rounds = i
             break
         win, win_cols = vals[:, :, i:end], cols[:, i:end]   # views, updated in place
         live = torch.arange(end - i, device=device) < (live_count - i)[:, None]
