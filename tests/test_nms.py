@@ -14,6 +14,7 @@ import torch
 from libs.utils import batched_nms
 from libs.utils import cpp_build
 from libs.utils import nms as nms_module
+from libs.utils import nms_torch
 from libs.utils.nms import (cpp_nms_available, hard_nms_grouped, seg_voting,
                             soft_nms_grouped)
 
@@ -359,35 +360,38 @@ def test_cpp_backend_requested_without_extension(monkeypatch):
 # The position-free loop, early stopping, and the extension compiled on first use
 # ------------------------------------------------------------------------------------------
 def packed_groups(segs, scores, offsets):
-    sizes, width, group, col = nms_module._pad_groups(offsets, segs.device)
-    return nms_module._pack(segs, scores, group, col, sizes.numel(), width), width
+    sizes, width, group, col = nms_torch.pad_groups(offsets, segs.device)
+    return nms_torch._pack(segs, scores, group, col, sizes.numel(), width), width
 
 
 PARAMS = [("gaussian", 0.3, 0.5, 0.001), ("gaussian", 0.3, 0.9, 0.05), ("linear", 0.3, 0.5, 0.0),
           ("linear", 0.5, 0.5, 0.01), ("hard", 0.4, 0.5, 0.05)]
 
 
+@pytest.mark.parametrize("by_chains", [False, True])
 @pytest.mark.parametrize("method, thr, sigma, min_score", PARAMS)
-def test_position_free_loop_equals_positional_loop(method, thr, sigma, min_score):
-    # random groups, a third with quantised segments and scores (ties), some all equal
+def test_position_free_loop_equals_positional_loop(method, thr, sigma, min_score, by_chains):
+    # random groups, a third with quantised segments and scores (ties), some all equal; the
+    # loop runs over whole groups or over chains of overlapping segments merged back
     segs, scores, offsets = random_groups(7, 300, 25)
     packed, width = packed_groups(segs, scores, offsets)
-    params = nms_module._SoftParams(nms_module._f32(thr), nms_module._f32(sigma),
-                                    nms_module._f32(min_score), nms_module.SOFT_NMS_METHODS[method])
-    cols, sel, counts, tied = nms_module._soft_nms_unordered(packed, params, width)
-    ref_cols, ref_sel, ref_counts = nms_module._soft_nms_positional(packed, params, width)
-    untied = ~tied
-    assert tied.any() and untied.sum() > 150          # both kinds occur
+    params = nms_torch.SoftParams(nms_torch.f32(thr), nms_torch.f32(sigma),
+                                  nms_torch.f32(min_score), nms_torch.SOFT_NMS_METHODS[method])
+    found = nms_torch._select(segs, scores, offsets, params, width, None, by_chains)
+    counts = torch.bincount(found.group, minlength=300)
+    ref_cols, ref_sel, ref_counts = nms_torch._soft_nms_positional(packed, params, width)
+    untied = ~found.tied
+    assert found.tied.any() and untied.sum() > 150          # both kinds occur
     assert torch.equal(counts[untied], ref_counts[untied])
     for g in untied.nonzero().squeeze(1).tolist():
-        k = int(counts[g])
-        assert torch.equal(cols[g, :k], ref_cols[g, :k])
-        assert torch.equal(sel[g, :k], ref_sel[g, :k])
+        k, mine = int(counts[g]), found.group == g
+        assert torch.equal(found.rows[mine] - offsets[g], ref_cols[g, :k])
+        assert torch.equal(found.scores[mine], ref_sel[g, :k])
     # a group of distinct scores is never reported tied
     distinct = torch.tensor([len(set(scores[int(offsets[g]):int(offsets[g + 1])].tolist()))
                              == int(offsets[g + 1] - offsets[g]) for g in range(300)])
     quantised = torch.arange(300) % 3 == 0
-    assert not tied[distinct & ~quantised & (torch.arange(300) % 7 != 0)].any()
+    assert not found.tied[distinct & ~quantised & (torch.arange(300) % 7 != 0)].any()
 
 
 @pytest.mark.parametrize("method, thr, sigma, min_score", PARAMS)
@@ -445,6 +449,82 @@ def test_batched_nms_early_stop_matches_full_computation():
         for out in outs:
             np.testing.assert_allclose(out[1].numpy(), best, rtol=0, atol=1e-6)
             assert torch.equal(out[2], outs[0][2]) and torch.equal(out[0], outs[0][0])
+
+
+def clustered_candidates(seed, num=2000, num_classes=20, skewed=False, length=2304):
+    """One video's candidates: clustered around 30 actions, 2-100 steps long, mostly low
+    scores; classes uniform or mostly the first few."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.rand(30, generator=gen) * length
+    mid = centers[torch.randint(0, 30, (num,), generator=gen)] + torch.randn(
+        num, generator=gen) * 20
+    half = (torch.rand(num, generator=gen) * 98 + 2) / 2
+    scores = torch.rand(num, generator=gen) ** 3
+    u = torch.rand(num, generator=gen)
+    labels = ((u ** 4 if skewed else u) * num_classes).long()
+    return torch.stack([mid - half, mid + half], 1), scores, labels
+
+
+@needs_cpp
+@pytest.mark.parametrize("multiclass, skewed", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batched_nms_on_clustered_candidates_matches_the_kernel(multiclass, skewed, precision):
+    # video-sized inputs take every shortcut of the PyTorch soft-NMS (chains, the best
+    # candidates first, the early stop); bf16-rounded scores tie often (the exact replay)
+    for seed in range(3):
+        segs, scores, labels = clustered_candidates(seed, skewed=skewed)
+        if precision == "bf16":
+            scores = scores.bfloat16().float()
+        for max_seg_num in (200, 30):
+            kwargs = dict(iou_threshold=0.1, min_score=0.001, max_seg_num=max_seg_num,
+                          multiclass=multiclass, sigma=0.5, voting_thresh=0.7)
+            cpp = batched_nms(segs, scores, labels, backend="cpp", **kwargs)
+            tch = batched_nms(segs, scores, labels, backend="torch", **kwargs)
+            assert torch.equal(cpp[2], tch[2])
+            torch.testing.assert_close(tch[0], cpp[0], rtol=0, atol=1e-4)
+            torch.testing.assert_close(tch[1], cpp[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([0.004, 0.008, 0.006], [1]),           # best of three chains, all below min_score
+    ([0.004, 0.008, 0.008], [1]),           # tied best: the lowest row, as the kernel
+    ([0.5, 0.008, 0.009], [0]),             # later chains' firsts below min_score are no picks
+])
+def test_first_pick_below_min_score_across_chains(scores, expected):
+    # three segments that do not overlap: three chains of one class; the kernel picks the
+    # best once and removes everything below min_score right after
+    segs = t([[0, 1], [2, 3], [4, 5]])
+    dets, inds = run_soft("torch", segs, t(scores), min_score=0.01)
+    ref_dets, ref_inds = naive_soft_nms(segs.tolist(), scores, 0.5, 0.5, 0.01, "gaussian")
+    assert inds.tolist() == ref_inds == expected
+
+
+def test_best_candidates_first_equals_all_candidates(monkeypatch):
+    # the run on the best candidates alone is kept only when it provably gives the same
+    # selections: compare with the same call on every candidate, for tries that succeed
+    # at once, on the second try and never
+    calls = []
+    select = nms_torch._select
+    monkeypatch.setattr(nms_torch, "_select", lambda *a: calls.append(a[0].shape[0])
+                        or select(*a))
+    params = nms_torch.SoftParams(nms_torch.f32(0.1), nms_torch.f32(0.5),
+                                  nms_torch.f32(0.001), nms_torch.SOFT_NMS_METHODS["gaussian"])
+    tries = set()
+    for seed, num_classes, top_total in ((0, 20, 200), (1, 1, 200), (1, 2, 200), (2, 1, 900)):
+        segs, scores, labels = clustered_candidates(seed, num=1500, num_classes=num_classes)
+        labels, order = labels.sort(stable=True)
+        segs, scores = segs[order], scores[order]
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long),
+                             torch.bincount(labels, minlength=num_classes).cumsum(0)])
+        calls.clear()
+        rows, sel, counts = nms_torch.soft_nms(segs, scores, offsets, params, 1500, top_total)
+        tries.add(tuple(n < len(scores) for n in calls))
+        all_rows, all_sel, all_counts = nms_torch.soft_nms(segs, scores, offsets, params, 1500,
+                                                           None)
+        kth = all_sel.topk(min(top_total, len(all_sel))).values[-1]
+        wanted = all_sel >= kth
+        assert torch.equal(rows, all_rows[wanted]) and torch.equal(sel, all_sel[wanted])
+    assert (True,) in tries and (True, True) in tries and (False,) in tries
 
 
 def test_extension_loading_order(monkeypatch):
