@@ -138,7 +138,7 @@ def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
         else:
             flat = _select(segs, scores, offsets_dev, params, limit, top_total, by_chains)
         if bool(flat.tied.any()):
-            flat = _redo_tied(flat, segs, scores, offsets_dev, params, limit)
+            flat = _redo_tied(flat, segs, scores, offsets_dev, params, limit, top_total)
     return flat.rows, flat.scores, torch.bincount(flat.group, minlength=num_groups)
 
 
@@ -214,10 +214,11 @@ def _select_from_best(segs, scores, offsets_dev, params: SoftParams, limit: int,
     return _select(segs, scores, offsets_dev, params, limit, top_total, True)
 
 
-def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit: int
-               ) -> _Flat:
+def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit: int,
+               top_total: Optional[int]) -> _Flat:
     """The tied groups' selections replaced by the kernel's loop replayed on them, until
-    their selections fall below ``flat.floor``."""
+    their selections fall below ``flat.floor`` or the ``top_total``-th best selection of the
+    untied groups and the replay so far."""
     device = segs.device
     redo = flat.tied.nonzero().squeeze(1)
     sizes = (offsets_dev[1:] - offsets_dev[:-1])[redo]
@@ -225,11 +226,11 @@ def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit
     _, width, group, col = pad_groups(redo_offsets, device)
     rows = offsets_dev[redo][group] + col
     packed = _pack(segs[rows], scores[rows], group, col, redo.numel(), width)
+    untied = ~flat.tied[flat.group]
     cols, sel_scores, counts = _soft_nms_positional(packed, params, min(limit, width),
-                                                    flat.floor)
+                                                    flat.floor, top_total, flat.scores[untied])
     g, k = (torch.arange(cols.shape[1], device=device) < counts[:, None]).nonzero(
         as_tuple=True)
-    untied = ~flat.tied[flat.group]
     group = torch.cat([flat.group[untied], redo[g]])
     order = group.sort(stable=True).indices
     rows = torch.cat([flat.rows[untied], offsets_dev[redo[g]] + cols[g, k]])
@@ -512,10 +513,12 @@ def _kth_best(values: torch.Tensor, k: Optional[int]) -> float:
 # The kernel's loop, replayed
 # --------------------------------------------------------------------------------------------
 def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
-                         stop_below: float = float("-inf")):
+                         stop_below: float = float("-inf"), top_total: Optional[int] = None,
+                         known: Optional[torch.Tensor] = None):
     """The kernel's loop with its memory moves: round i swaps the best live candidate
-    (lowest slot on ties) into slot i and removes decayed-out ones by compaction. Stops
-    once every group's last selection is below ``stop_below`` (checked every 4th round).
+    (lowest slot on ties) into slot i and removes decayed-out ones by compaction.
+    Every 4th round it may stop: once every group's last selection is below ``stop_below``
+    or below the ``top_total``-th best of its selections so far and the ``known`` ones.
     Returns selected columns and scores (G x rounds) and counts (G)."""
     vals = torch.cat([packed.coords, packed.scores[:, None]], 1)   # G x 4 x M: x1 x2 area s
     num_groups, _, width = vals.shape
@@ -527,8 +530,8 @@ def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
     sel_scores = torch.zeros(num_groups, rounds, dtype=vals.dtype, device=device)
     for i in range(rounds):
         end = int(live_count.max())
-        if i >= end or (i % 4 == 0 and i > 0 and bool(
-                ((sel_scores[:, i - 1] < stop_below) | (live_count <= i)).all())):
+        if i >= end or (i % 4 == 0 and i > 0 and _replay_done(
+                sel_scores[:, :i], live_count, stop_below, top_total, known)):
             rounds = i
             break
         win, win_cols = vals[:, :, i:end], cols[:, i:end]   # views, updated in place
@@ -541,10 +544,26 @@ def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
         decayed = rest[:, 3] * _decay_weight(_iou(win[:, :3, :1].unbind(1),
                                                   rest[:, :3].unbind(1)), params)
         rest[:, 3] = torch.where(rest_live, decayed, rest[:, 3])
-        keep = rest_live & ~(decayed < params.min_score)
-        _compact(rest, win_cols[:, 1:], keep)
-        live_count = torch.where(live[:, 0], i + 1 + keep.sum(1), live_count)
+        removed = rest_live & (decayed < params.min_score)
+        if bool(removed.any()):
+            keep = rest_live & ~removed
+            _compact(rest, win_cols[:, 1:], keep)
+            live_count = torch.where(live[:, 0], i + 1 + keep.sum(1), live_count)
     return sel_cols, sel_scores, torch.minimum(live_count, sizes).clamp(max=rounds)
+
+
+def _replay_done(sel_scores: torch.Tensor, live_count: torch.Tensor, stop_below: float,
+                 top_total: Optional[int], known: Optional[torch.Tensor]) -> bool:
+    """Whether every group of the replay (G x i selections so far) is finished or its last
+    selection is below the cut-off: ``stop_below``, or the ``top_total``-th best of the
+    selections so far and ``known``, when higher."""
+    rounds = sel_scores.shape[1]
+    made = torch.arange(rounds, device=sel_scores.device) < live_count[:, None]
+    floor = stop_below
+    if top_total:
+        so_far = sel_scores[made] if known is None else torch.cat([known, sel_scores[made]])
+        floor = max(floor, _kth_best(so_far, top_total))
+    return bool(((sel_scores[:, -1] < floor) | (live_count <= rounds)).all())
 
 
 def _move_best_to_front(win: torch.Tensor, win_cols: torch.Tensor, live: torch.Tensor) -> None:
