@@ -4,19 +4,19 @@ Candidates come *grouped*: the rows of group g are ``offsets[g]:offsets[g+1]`` (
 one class in multi-class NMS, everything in class-agnostic NMS). All coordinates are
 feature-grid steps, all arithmetic float32 as in the kernels.
 
-Soft-NMS (``soft_nms``) follows the kernel's selections without its sequential loop where
+Soft-NMS (``soft_nms``) makes the kernel's selections without its one-at-a-time loop where
 that is provably exact:
 
-* the kernel's memory order only breaks ties between equal maxima, so all groups advance
-  one selection per iteration without moving candidates (``_soft_nms_unordered``); groups
-  where a maximum was tied are redone by a loop that replays the kernel's moves
-  (``_soft_nms_positional``);
-* segments that do not overlap leave each other's scores unchanged, so each group is cut
-  into chains of overlapping segments that run as groups of their own and are merged back
-  by score (``_soft_nms_chains``);
-* when only the best ``top_total`` selections of all groups are wanted, candidates scoring
-  below a threshold cannot change any selection above it, so a few hundred best candidates
-  are tried first (``_select_from_best``), and the loop stops once nothing left can enter.
+* the kernel's memory order only breaks ties between equal maxima, so all groups advance side
+  by side without moving candidates (``_soft_nms_unordered``), several selections per
+  iteration when the next best provably stays ahead (``_advance``); groups where a maximum
+  was tied are replayed by a loop that repeats the kernel's moves (``_soft_nms_positional``);
+* segments that do not overlap leave each other's scores unchanged, so each group is cut into
+  chains of overlapping segments (``_split_chains``) that run as units of their own and are
+  merged back by score (``_merge``);
+* when only the best ``top_total`` selections of all groups are wanted, candidates below a
+  threshold cannot change a selection above it, so the best few hundred candidates are tried
+  first (``_select_from_best``), and the loops stop once nothing left can enter.
 """
 from __future__ import annotations
 
@@ -123,16 +123,13 @@ def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
     device = segs.device
     offsets_dev = offsets.to(device)
     num_groups = offsets.numel() - 1
-    nothing = _Flat(torch.zeros(0, dtype=torch.long, device=device), segs.new_zeros(0),
-                    torch.zeros(0, dtype=torch.long, device=device),
-                    torch.ones(num_groups, dtype=torch.bool, device=device), float("-inf"))
     if segs.shape[0] == 0 or limit == 0:
-        flat = nothing._replace(tied=nothing.tied & False)
+        flat = _no_selections(segs, num_groups, replay=False)
     else:
         finite, by_chains = torch.stack([
             torch.isfinite(scores).all(), _chains_are_independent(segs, params)]).tolist()
         if not finite:   # -inf / nan scores: only the kernel's own loop treats them right
-            flat = nothing
+            flat = _no_selections(segs, num_groups, replay=True)
         elif top_total and by_chains:
             flat = _select_from_best(segs, scores, offsets_dev, params, limit, top_total)
         else:
@@ -140,6 +137,14 @@ def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
         if bool(flat.tied.any()):
             flat = _redo_tied(flat, segs, scores, offsets_dev, params, limit, top_total)
     return flat.rows, flat.scores, torch.bincount(flat.group, minlength=num_groups)
+
+
+def _no_selections(segs: torch.Tensor, num_groups: int, replay: bool) -> _Flat:
+    """None yet; ``replay`` marks every group for the kernel's loop replayed."""
+    empty = torch.zeros(0, dtype=torch.long, device=segs.device)
+    return _Flat(empty, segs.new_zeros(0), empty,
+                 torch.full((num_groups,), replay, dtype=torch.bool, device=segs.device),
+                 float("-inf"))
 
 
 def _select(segs, scores, offsets_dev, params: SoftParams, limit: int,
@@ -194,8 +199,9 @@ def _select_from_best(segs, scores, offsets_dev, params: SoftParams, limit: int,
     group's maximum is below ``t``, and until then changes no score; so every selection at
     or above ``t`` is the same with or without the candidates below it. When the
     ``top_total``-th best selection from the candidates >= ``t`` is itself >= ``t``, they
-    give every selection that is returned. Tries the best ``2 * top_total`` candidates,
-    then as many more as the selections >= ``t`` fell short of ``top_total``, then all."""
+    give every selection that is returned. Tries the best ``2 * top_total`` candidates
+    (``5 * top_total`` for a single group, whose selections all decay one another), then as
+    many more as the selections >= ``t`` fell short of ``top_total``, then all."""
     tried = 2 * top_total if offsets_dev.numel() > 2 else 5 * top_total
     for _ in range(2):
         if tried >= scores.numel():
