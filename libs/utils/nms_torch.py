@@ -21,6 +21,7 @@ that is provably exact:
 from __future__ import annotations
 
 import functools
+import math
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -364,11 +365,15 @@ def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
                        torch.arange(num_units, device=device),
                        torch.zeros(num_units, dtype=torch.long, device=device),
                        torch.zeros(num_units, dtype=torch.bool, device=device))
-    record = []
+    record: List[_Step] = []
+    best = scores.new_zeros(0)     # the best trusted selections so far, at most top_total
+    counted = 0                    # steps of ``record`` counted in ``best``
     for iteration in range(rounds):
         if iteration % 3 == 1:     # a host sync every third iteration
-            floor = _selection_floor(record, params.min_score, top_total)
-            state = state.drop_below(max(floor, wanted), rounds)
+            if top_total:
+                best, counted = _best_trusted(best, record[counted:], top_total), len(record)
+            floor = best[-1].item() if top_total and best.numel() == top_total else -math.inf
+            state = state.drop_below(max(floor, wanted, params.min_score), rounds)
             if state.scores.shape[1] == 0:
                 break
         step = _advance(state, params)
@@ -385,7 +390,7 @@ class _Step(NamedTuple):
     cols: torch.Tensor     # U' x _WINDOW packed columns, in selection order
     scores: torch.Tensor   # U' x _WINDOW their decayed scores, -inf past ``count``
     tied: torch.Tensor     # U', the first one's maximum was shared
-    trusted: torch.Tensor  # U' x _WINDOW, made before any tie in the unit: surely the kernel's
+    tied_before: torch.Tensor  # U', one was in an earlier iteration
 
 
 def _advance(state: "_LoopState", params: SoftParams) -> _Step:
@@ -407,15 +412,14 @@ def _advance(state: "_LoopState", params: SoftParams) -> _Step:
     later = decayed[:, 1:]
     count = ((later > top[:, 2:]) & (later >= params.min_score)).cumprod(1).sum(1) + 1
     passed = _positions(idx.device) >= count[:, None]
-    tied = top[:, 0] == top[:, 1]
-    trusted = ~state.tied[:, None] & (~tied[:, None] | (_positions(idx.device) == 0))
+    tied, tied_before = top[:, 0] == top[:, 1], state.tied.clone()
     state.tied.logical_or_(tied)
     for row in weights.masked_fill_(passed[..., None], 1.0).unbind(1):
         state.scores.mul_(row)
     state.taken.scatter_(1, idx, state.taken.gather(1, idx).masked_fill_(~passed,
                                                                          float("-inf")))
     return _Step(state.units, state.made, count, state.cols.gather(1, idx),
-                 decayed.masked_fill_(passed, float("-inf")), tied, trusted)
+                 decayed.masked_fill_(passed, float("-inf")), tied, tied_before)
 
 
 @functools.lru_cache(maxsize=None)
@@ -440,7 +444,8 @@ def _found(record: List[_Step], rounds: int, min_score: float, top_total: Option
     made = (steps.scores > float("-inf")) & (
         steps.first[:, None] + _positions(device) < rounds)
     sel_scores = steps.scores[made]
-    floor = _kth_best(sel_scores[(sel_scores >= min_score) & steps.trusted[made]], top_total)
+    trusted = _trusted(steps)[made]
+    floor = _kth_best(sel_scores[(sel_scores >= min_score) & trusted], top_total)
     keep = sel_scores >= floor
     unit = steps.units[:, None].expand_as(made)[made][keep]
     # ties matter at selections the kernel makes: those >= min_score and the first ones
@@ -495,17 +500,20 @@ class _LoopState(NamedTuple):
                           self.tied[active])
 
 
-def _selection_floor(record: List[_Step], min_score: float, top_total: Optional[int]
-                     ) -> float:
-    """The score a later selection needs to matter: ``min_score``, or the ``top_total``-th
-    best selection so far when higher (of those made before any tie in their unit). First
-    maxima below ``min_score`` count whether or not they were selections: they can only
-    decide a k-th best below ``min_score``."""
-    if not top_total or not record:
-        return min_score
-    made = torch.cat([step.scores.masked_fill(~step.trusted, float("-inf")).view(-1)
-                      for step in record])
-    return max(min_score, _kth_best(made, top_total))
+def _trusted(steps: _Step) -> torch.Tensor:
+    """U' x _WINDOW: the selections made before any tie in their unit, surely the kernel's
+    (the first one at a tie too: its score is the tied maximum whichever is picked)."""
+    return ~steps.tied_before[:, None] & (~steps.tied[:, None]
+                                          | (_positions(steps.tied.device) == 0))
+
+
+def _best_trusted(best: torch.Tensor, record: List[_Step], top_total: int) -> torch.Tensor:
+    """The ``top_total`` best (descending) of ``best`` and the trusted selections of
+    ``record``'s steps. A first maximum below ``min_score`` may count whether or not it was
+    a selection: it can only decide a cut-off below ``min_score``, which is then used."""
+    steps = _Step(*(torch.cat(parts) for parts in zip(*record)))
+    made = torch.cat([best, steps.scores.masked_fill(~_trusted(steps), -math.inf).view(-1)])
+    return made.topk(min(top_total, made.numel())).values
 
 
 def _kth_best(values: torch.Tensor, k: Optional[int]) -> float:
