@@ -45,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -178,14 +178,34 @@ def nms_candidates(num: int = 2000, num_classes: int = 20, length: int = TRAIN_L
     return torch.stack([mid - half, mid + half], 1), scores, labels
 
 
-def nms_rows(test_cfg: Dict, repeats: int) -> List[str]:
-    """Markdown rows: soft-NMS CPU time per video, C++ vs PyTorch, on 2,000 candidates."""
+def model_candidates(model: torch.nn.Module, item: Dict, precision: str, device: str
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidates this model's inference passes to NMS for ``item`` (segments in
+    seconds, scores, labels): its decoding run with NMS switched off."""
+    nms_method = model.test_cfg["nms_method"]
+    model.test_cfg["nms_method"] = "none"
+    try:
+        with torch.no_grad(), mode("ours", precision, device):
+            result = model([item])[0]
+    finally:
+        model.test_cfg["nms_method"] = nms_method
+    return result["segments"], result["scores"], result["labels"]
+
+
+def nms_rows(test_cfg: Dict, repeats: int, inputs: Optional[Dict[str, Tuple]] = None
+             ) -> List[str]:
+    """Markdown rows: soft-NMS CPU time per video on one thread, C++ vs PyTorch, on 2,000
+    generated candidates and on ``inputs`` (label -> segs, scores, labels; multi-class)."""
     backends = ("cpp", "torch") if cpp_nms_available() else ("torch",)
     rows = []
-    for label, multiclass, skewed in (("20 classes, uniform", True, False),
-                                      ("20 classes, 80 % in 3", True, True),
-                                      ("class-agnostic + voting", False, False)):
-        segs, scores, labels = nms_candidates(skewed=skewed)
+    cases = [(f"2,000 candidates, {label}", multiclass, nms_candidates(skewed=skewed))
+             for label, multiclass, skewed in (("20 classes, uniform", True, False),
+                                               ("20 classes, 80 % in 3", True, True),
+                                               ("class-agnostic + voting", False, False))]
+    cases += [(label, True, candidates) for label, candidates in (inputs or {}).items()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # CPU time of tiny ops on several threads counts their spinning
+    for label, multiclass, (segs, scores, labels) in cases:
         steps = {b: functools.partial(
             batched_nms, segs, scores, labels, test_cfg["iou_threshold"],
             test_cfg["min_score"], test_cfg["max_seg_num"], multiclass=multiclass,
@@ -198,8 +218,9 @@ def nms_rows(test_cfg: Dict, repeats: int) -> List[str]:
                  f"({len(scores) / statistics.median(times[b]) / 1e6:.2f} M/s)" for b in backends]
         ratio = (f"{_paired_speedup(times['torch'], times['cpp']):.2f}x"
                  if len(backends) == 2 else "n/a")
-        rows.append(f"| soft-NMS, 2,000 candidates, {label} | " + " | ".join(cells)
+        rows.append(f"| soft-NMS, {label} | " + " | ".join(cells)
                     + (" | " if len(backends) == 2 else " | n/a | ") + ratio + " |")
+    torch.set_num_threads(threads)
     return rows
 
 
@@ -215,9 +236,9 @@ def install_mode_step(model: torch.nn.Module, item: Dict, precision: str, device
 
 
 def print_nms_tables(installs: Dict[str, List[float]], precs: List[str], repeats: int,
-                     test_cfg: Dict) -> None:
+                     test_cfg: Dict, candidates: Dict[str, Tuple]) -> None:
     """Inference per install mode (``installs``: times keyed '<precision> cpp|torch') and
-    soft-NMS alone, C++ vs PyTorch."""
+    soft-NMS alone, C++ vs PyTorch (also on ``candidates``: label -> segs, scores, labels)."""
     print("\ninference per video (ours, 2304 steps), s (min / median), by how NMS is installed")
     print("| | C++ extension | no extension (PyTorch NMS) | slowdown |\n|---|---|---|---|")
     for prec in precs:
@@ -226,7 +247,7 @@ def print_nms_tables(installs: Dict[str, List[float]], precs: List[str], repeats
               + (f"{_paired_speedup(none, ext):.2f}x |" if ext else "n/a |"))
     print("\nNMS per video (CPU, THUMOS test settings), median CPU time (candidates per second)")
     print("| | C++ extension | PyTorch | PyTorch / C++ (paired median) |\n|---|---|---|---|")
-    print("\n".join(nms_rows(test_cfg, repeats)))
+    print("\n".join(nms_rows(test_cfg, repeats, candidates)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -347,6 +368,11 @@ def main() -> None:
     installs = round_robin({f"{p} {b}": install_mode_step(model, item, p, device, b)
                             for p in precisions(device) for b in ("cpp", "torch")
                             if b == "torch" or cpp_nms_available()}, repeats, device)
+    candidates = {}
+    for prec in precisions(device):
+        segs, scores, labels = model_candidates(model, item, prec, device)
+        candidates[f"this model's {len(scores):,} candidates ({prec}, random weights)"] = (
+            segs, scores, labels)
     del model, optimizer
 
     base_train, base_infer = train["reference fp32"], infer["reference fp32"]
@@ -371,7 +397,7 @@ def main() -> None:
           f"(3 × forward, batch {len(batch)})")
 
     print_nms_tables(installs, precisions(device), repeats,
-                     load_config(args.config)["test_cfg"])
+                     load_config(args.config)["test_cfg"], candidates)
 
     kind = "allocated" if device.startswith("cuda") else "resident"
     lengths = MEMORY_LENGTHS[:2] if args.quick else MEMORY_LENGTHS

@@ -4,23 +4,24 @@ Candidates come *grouped*: the rows of group g are ``offsets[g]:offsets[g+1]`` (
 one class in multi-class NMS, everything in class-agnostic NMS). All coordinates are
 feature-grid steps, all arithmetic float32 as in the kernels.
 
-Soft-NMS (``soft_nms``) follows the kernel's selections without its sequential loop where
+Soft-NMS (``soft_nms``) makes the kernel's selections without its one-at-a-time loop where
 that is provably exact:
 
-* the kernel's memory order only breaks ties between equal maxima, so all groups advance
-  one selection per iteration without moving candidates (``_soft_nms_unordered``); groups
-  where a maximum was tied are redone by a loop that replays the kernel's moves
-  (``_soft_nms_positional``);
-* segments that do not overlap leave each other's scores unchanged, so each group is cut
-  into chains of overlapping segments that run as groups of their own and are merged back
-  by score (``_soft_nms_chains``);
-* when only the best ``top_total`` selections of all groups are wanted, candidates scoring
-  below a threshold cannot change any selection above it, so a few hundred best candidates
-  are tried first (``_select_from_best``), and the loop stops once nothing left can enter.
+* the kernel's memory order only breaks ties between equal maxima, so all groups advance side
+  by side without moving candidates (``_soft_nms_unordered``), several selections per
+  iteration when the next best provably stays ahead (``_advance``); groups where a maximum
+  was tied are replayed by a loop that repeats the kernel's moves (``_soft_nms_positional``);
+* segments that do not overlap leave each other's scores unchanged, so each group is cut into
+  chains of overlapping segments (``_split_chains``) that run as units of their own and are
+  merged back by score (``_merge``);
+* when only the best ``top_total`` selections of all groups are wanted, candidates below a
+  threshold cannot change a selection above it, so the best few hundred candidates are tried
+  first (``_select_from_best``), and the loops stop once nothing left can enter.
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -123,23 +124,28 @@ def soft_nms(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Tensor,
     device = segs.device
     offsets_dev = offsets.to(device)
     num_groups = offsets.numel() - 1
-    nothing = _Flat(torch.zeros(0, dtype=torch.long, device=device), segs.new_zeros(0),
-                    torch.zeros(0, dtype=torch.long, device=device),
-                    torch.ones(num_groups, dtype=torch.bool, device=device), float("-inf"))
     if segs.shape[0] == 0 or limit == 0:
-        flat = nothing._replace(tied=nothing.tied & False)
+        flat = _no_selections(segs, num_groups, replay=False)
     else:
         finite, by_chains = torch.stack([
             torch.isfinite(scores).all(), _chains_are_independent(segs, params)]).tolist()
         if not finite:   # -inf / nan scores: only the kernel's own loop treats them right
-            flat = nothing
+            flat = _no_selections(segs, num_groups, replay=True)
         elif top_total and by_chains:
             flat = _select_from_best(segs, scores, offsets_dev, params, limit, top_total)
         else:
             flat = _select(segs, scores, offsets_dev, params, limit, top_total, by_chains)
         if bool(flat.tied.any()):
-            flat = _redo_tied(flat, segs, scores, offsets_dev, params, limit)
+            flat = _redo_tied(flat, segs, scores, offsets_dev, params, limit, top_total)
     return flat.rows, flat.scores, torch.bincount(flat.group, minlength=num_groups)
+
+
+def _no_selections(segs: torch.Tensor, num_groups: int, replay: bool) -> _Flat:
+    """None yet; ``replay`` marks every group for the kernel's loop replayed."""
+    empty = torch.zeros(0, dtype=torch.long, device=segs.device)
+    return _Flat(empty, segs.new_zeros(0), empty,
+                 torch.full((num_groups,), replay, dtype=torch.bool, device=segs.device),
+                 float("-inf"))
 
 
 def _select(segs, scores, offsets_dev, params: SoftParams, limit: int,
@@ -194,8 +200,9 @@ def _select_from_best(segs, scores, offsets_dev, params: SoftParams, limit: int,
     group's maximum is below ``t``, and until then changes no score; so every selection at
     or above ``t`` is the same with or without the candidates below it. When the
     ``top_total``-th best selection from the candidates >= ``t`` is itself >= ``t``, they
-    give every selection that is returned. Tries the best ``2 * top_total`` candidates,
-    then as many more as the selections >= ``t`` fell short of ``top_total``, then all."""
+    give every selection that is returned. Tries the best ``2 * top_total`` candidates
+    (``5 * top_total`` for a single group, whose selections all decay one another), then as
+    many more as the selections >= ``t`` fell short of ``top_total``, then all."""
     tried = 2 * top_total if offsets_dev.numel() > 2 else 5 * top_total
     for _ in range(2):
         if tried >= scores.numel():
@@ -214,10 +221,11 @@ def _select_from_best(segs, scores, offsets_dev, params: SoftParams, limit: int,
     return _select(segs, scores, offsets_dev, params, limit, top_total, True)
 
 
-def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit: int
-               ) -> _Flat:
+def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit: int,
+               top_total: Optional[int]) -> _Flat:
     """The tied groups' selections replaced by the kernel's loop replayed on them, until
-    their selections fall below ``flat.floor``."""
+    their selections fall below ``flat.floor`` or the ``top_total``-th best selection of the
+    untied groups and the replay so far."""
     device = segs.device
     redo = flat.tied.nonzero().squeeze(1)
     sizes = (offsets_dev[1:] - offsets_dev[:-1])[redo]
@@ -225,11 +233,11 @@ def _redo_tied(flat: _Flat, segs, scores, offsets_dev, params: SoftParams, limit
     _, width, group, col = pad_groups(redo_offsets, device)
     rows = offsets_dev[redo][group] + col
     packed = _pack(segs[rows], scores[rows], group, col, redo.numel(), width)
+    untied = ~flat.tied[flat.group]
     cols, sel_scores, counts = _soft_nms_positional(packed, params, min(limit, width),
-                                                    flat.floor)
+                                                    flat.floor, top_total, flat.scores[untied])
     g, k = (torch.arange(cols.shape[1], device=device) < counts[:, None]).nonzero(
         as_tuple=True)
-    untied = ~flat.tied[flat.group]
     group = torch.cat([flat.group[untied], redo[g]])
     order = group.sort(stable=True).indices
     rows = torch.cat([flat.rows[untied], offsets_dev[redo[g]] + cols[g, k]])
@@ -357,11 +365,15 @@ def _soft_nms_unordered(packed: _Packed, params: SoftParams, rounds: int,
                        torch.arange(num_units, device=device),
                        torch.zeros(num_units, dtype=torch.long, device=device),
                        torch.zeros(num_units, dtype=torch.bool, device=device))
-    record = []
+    record: List[_Step] = []
+    best = scores.new_zeros(0)     # the best trusted selections so far, at most top_total
+    counted = 0                    # steps of ``record`` counted in ``best``
     for iteration in range(rounds):
         if iteration % 3 == 1:     # a host sync every third iteration
-            floor = _selection_floor(record, params.min_score, top_total)
-            state = state.drop_below(max(floor, wanted), rounds)
+            if top_total:
+                best, counted = _best_trusted(best, record[counted:], top_total), len(record)
+            floor = best[-1].item() if top_total and best.numel() == top_total else -math.inf
+            state = state.drop_below(max(floor, wanted, params.min_score), rounds)
             if state.scores.shape[1] == 0:
                 break
         step = _advance(state, params)
@@ -378,7 +390,7 @@ class _Step(NamedTuple):
     cols: torch.Tensor     # U' x _WINDOW packed columns, in selection order
     scores: torch.Tensor   # U' x _WINDOW their decayed scores, -inf past ``count``
     tied: torch.Tensor     # U', the first one's maximum was shared
-    trusted: torch.Tensor  # U' x _WINDOW, made before any tie in the unit: surely the kernel's
+    tied_before: torch.Tensor  # U', one was in an earlier iteration
 
 
 def _advance(state: "_LoopState", params: SoftParams) -> _Step:
@@ -400,15 +412,14 @@ def _advance(state: "_LoopState", params: SoftParams) -> _Step:
     later = decayed[:, 1:]
     count = ((later > top[:, 2:]) & (later >= params.min_score)).cumprod(1).sum(1) + 1
     passed = _positions(idx.device) >= count[:, None]
-    tied = top[:, 0] == top[:, 1]
-    trusted = ~state.tied[:, None] & (~tied[:, None] | (_positions(idx.device) == 0))
+    tied, tied_before = top[:, 0] == top[:, 1], state.tied.clone()
     state.tied.logical_or_(tied)
     for row in weights.masked_fill_(passed[..., None], 1.0).unbind(1):
         state.scores.mul_(row)
     state.taken.scatter_(1, idx, state.taken.gather(1, idx).masked_fill_(~passed,
                                                                          float("-inf")))
     return _Step(state.units, state.made, count, state.cols.gather(1, idx),
-                 decayed.masked_fill_(passed, float("-inf")), tied, trusted)
+                 decayed.masked_fill_(passed, float("-inf")), tied, tied_before)
 
 
 @functools.lru_cache(maxsize=None)
@@ -433,7 +444,8 @@ def _found(record: List[_Step], rounds: int, min_score: float, top_total: Option
     made = (steps.scores > float("-inf")) & (
         steps.first[:, None] + _positions(device) < rounds)
     sel_scores = steps.scores[made]
-    floor = _kth_best(sel_scores[(sel_scores >= min_score) & steps.trusted[made]], top_total)
+    trusted = _trusted(steps)[made]
+    floor = _kth_best(sel_scores[(sel_scores >= min_score) & trusted], top_total)
     keep = sel_scores >= floor
     unit = steps.units[:, None].expand_as(made)[made][keep]
     # ties matter at selections the kernel makes: those >= min_score and the first ones
@@ -488,17 +500,20 @@ class _LoopState(NamedTuple):
                           self.tied[active])
 
 
-def _selection_floor(record: List[_Step], min_score: float, top_total: Optional[int]
-                     ) -> float:
-    """The score a later selection needs to matter: ``min_score``, or the ``top_total``-th
-    best selection so far when higher (of those made before any tie in their unit). First
-    maxima below ``min_score`` count whether or not they were selections: they can only
-    decide a k-th best below ``min_score``."""
-    if not top_total or not record:
-        return min_score
-    made = torch.cat([step.scores.masked_fill(~step.trusted, float("-inf")).view(-1)
-                      for step in record])
-    return max(min_score, _kth_best(made, top_total))
+def _trusted(steps: _Step) -> torch.Tensor:
+    """U' x _WINDOW: the selections made before any tie in their unit, surely the kernel's
+    (the first one at a tie too: its score is the tied maximum whichever is picked)."""
+    return ~steps.tied_before[:, None] & (~steps.tied[:, None]
+                                          | (_positions(steps.tied.device) == 0))
+
+
+def _best_trusted(best: torch.Tensor, record: List[_Step], top_total: int) -> torch.Tensor:
+    """The ``top_total`` best (descending) of ``best`` and the trusted selections of
+    ``record``'s steps. A first maximum below ``min_score`` may count whether or not it was
+    a selection: it can only decide a cut-off below ``min_score``, which is then used."""
+    steps = _Step(*(torch.cat(parts) for parts in zip(*record)))
+    made = torch.cat([best, steps.scores.masked_fill(~_trusted(steps), -math.inf).view(-1)])
+    return made.topk(min(top_total, made.numel())).values
 
 
 def _kth_best(values: torch.Tensor, k: Optional[int]) -> float:
@@ -512,10 +527,12 @@ def _kth_best(values: torch.Tensor, k: Optional[int]) -> float:
 # The kernel's loop, replayed
 # --------------------------------------------------------------------------------------------
 def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
-                         stop_below: float = float("-inf")):
+                         stop_below: float = float("-inf"), top_total: Optional[int] = None,
+                         known: Optional[torch.Tensor] = None):
     """The kernel's loop with its memory moves: round i swaps the best live candidate
-    (lowest slot on ties) into slot i and removes decayed-out ones by compaction. Stops
-    once every group's last selection is below ``stop_below`` (checked every 4th round).
+    (lowest slot on ties) into slot i and removes decayed-out ones by compaction.
+    Every 4th round it may stop: once every group's last selection is below ``stop_below``
+    or below the ``top_total``-th best of its selections so far and the ``known`` ones.
     Returns selected columns and scores (G x rounds) and counts (G)."""
     vals = torch.cat([packed.coords, packed.scores[:, None]], 1)   # G x 4 x M: x1 x2 area s
     num_groups, _, width = vals.shape
@@ -527,8 +544,8 @@ def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
     sel_scores = torch.zeros(num_groups, rounds, dtype=vals.dtype, device=device)
     for i in range(rounds):
         end = int(live_count.max())
-        if i >= end or (i % 4 == 0 and i > 0 and bool(
-                ((sel_scores[:, i - 1] < stop_below) | (live_count <= i)).all())):
+        if i >= end or (i % 4 == 0 and i > 0 and _replay_done(
+                sel_scores[:, :i], live_count, stop_below, top_total, known)):
             rounds = i
             break
         win, win_cols = vals[:, :, i:end], cols[:, i:end]   # views, updated in place
@@ -541,10 +558,26 @@ def _soft_nms_positional(packed: _Packed, params: SoftParams, rounds: int,
         decayed = rest[:, 3] * _decay_weight(_iou(win[:, :3, :1].unbind(1),
                                                   rest[:, :3].unbind(1)), params)
         rest[:, 3] = torch.where(rest_live, decayed, rest[:, 3])
-        keep = rest_live & ~(decayed < params.min_score)
-        _compact(rest, win_cols[:, 1:], keep)
-        live_count = torch.where(live[:, 0], i + 1 + keep.sum(1), live_count)
+        removed = rest_live & (decayed < params.min_score)
+        if bool(removed.any()):
+            keep = rest_live & ~removed
+            _compact(rest, win_cols[:, 1:], keep)
+            live_count = torch.where(live[:, 0], i + 1 + keep.sum(1), live_count)
     return sel_cols, sel_scores, torch.minimum(live_count, sizes).clamp(max=rounds)
+
+
+def _replay_done(sel_scores: torch.Tensor, live_count: torch.Tensor, stop_below: float,
+                 top_total: Optional[int], known: Optional[torch.Tensor]) -> bool:
+    """Whether every group of the replay (G x i selections so far) is finished or its last
+    selection is below the cut-off: ``stop_below``, or the ``top_total``-th best of the
+    selections so far and ``known``, when higher."""
+    rounds = sel_scores.shape[1]
+    made = torch.arange(rounds, device=sel_scores.device) < live_count[:, None]
+    floor = stop_below
+    if top_total:
+        so_far = sel_scores[made] if known is None else torch.cat([known, sel_scores[made]])
+        floor = max(floor, _kth_best(so_far, top_total))
+    return bool(((sel_scores[:, -1] < floor) | (live_count <= rounds)).all())
 
 
 def _move_best_to_front(win: torch.Tensor, win_cols: torch.Tensor, live: torch.Tensor) -> None:
