@@ -160,6 +160,13 @@ def _low_precision_cpu(x: Tensor) -> bool:
     return x.device.type == "cpu" and _compute_dtype(x) in _LOW_PRECISION
 
 
+def _fp32_cpu(x: Tensor) -> bool:
+    """True when a convolution of ``x`` runs in float32 on the CPU, where oneDNN's NHWC 1×1
+    convolution beats the BLAS GEMM (2x with two threads on an AMD EPYC, whose MKL GEMM scales
+    poorly; level on one thread)."""
+    return x.device.type == "cpu" and _compute_dtype(x) == torch.float32
+
+
 def downsample_mask(mask: Optional[Tensor], stride: int) -> Optional[Tensor]:
     """Nearest-neighbour down-sampling of a ``B×1×T`` mask: ``out[i] = mask[stride·i]``."""
     if mask is None or stride == 1:
@@ -209,9 +216,9 @@ class FastConv1d(nn.Conv1d):
     cheapest memory layout.
 
     forward: x ``B×C_in×T`` (any layout) -> ``B×C_out×T/stride``. 1×1 kernels run as one GEMM
-    on the (strided) steps; depthwise kernels, and dense k-tap kernels on channels-last input
-    (head and second embedding convs, after a LayerNorm), as a channels-last (NHWC) 2-D conv;
-    all of these return channels-last memory. A dense kernel on channel-first input (the raw
+    on the (strided) steps, except in float32 on the CPU; those, depthwise kernels, and dense
+    k-tap kernels on channels-last input (head and second embedding convs, after a LayerNorm)
+    run as a channels-last (NHWC) 2-D conv; all of these return channels-last memory. A dense kernel on channel-first input (the raw
     features) stays a channel-first ``conv1d``. Measured on this CPU (fp32 and bf16, forward and
     backward), each beats both the other layout and a GEMM over a k-step window. Strided
     depthwise kernels in bf16 / fp16 on the CPU take
@@ -227,10 +234,10 @@ class FastConv1d(nn.Conv1d):
         if _REFERENCE_MODE[0]:
             return self.forward_reference(x)
         k, stride = self.kernel_size[0], self.stride[0]
-        if k == 1 and self.groups == 1:
+        if k == 1 and self.groups == 1 and not _fp32_cpu(x):
             return F.linear(_channels_last(x)[:, ::stride], self.weight.squeeze(-1),
                             self.bias).transpose(1, 2)
-        if self.groups > 1 or _is_channels_last(x):
+        if self.groups > 1 or _is_channels_last(x) or k == 1:
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
             if stride > 1 and self.groups == self.out_channels and _low_precision_cpu(x):
                 return self._strided_depthwise(x4, _compute_dtype(x)).squeeze(2)
