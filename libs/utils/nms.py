@@ -254,7 +254,7 @@ def _soft_nms_selections(segs, scores, cls_idxs, offsets, iou_threshold, sigma, 
 
 def _ties_among_best(scores: torch.Tensor, num_best: int) -> bool:
     """Whether the ``num_best`` + 1 highest scores contain equal values."""
-    best = scores.sort(descending=True).values[:num_best + 1]
+    best = scores.topk(min(num_best + 1, scores.numel())).values
     return bool((best[1:] == best[:-1]).any())
 
 
