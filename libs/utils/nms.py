@@ -172,26 +172,20 @@ def soft_nms_grouped(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Te
         dets (N x 3 float32: start, end, decayed score), inds (N int64 row indices) and
         counts (G int64); group g's output is rows ``offsets[g]:offsets[g] + counts[g]``.
     """
-    if method not in SOFT_NMS_METHODS:
-        raise ValueError(f"soft-NMS method must be one of {sorted(SOFT_NMS_METHODS)}, "
-                         f"got {method!r}")
+    params = _soft_params(iou_threshold, sigma, min_score, method)
     offsets = offsets.to(device="cpu", dtype=torch.long)
     _check_grouped(segs, scores, offsets)
     limit = segs.shape[0] if max_outputs is None else max(int(max_outputs), 0)
     if _use_cpp(backend, segs.device):
         dets, inds, counts = _extension().nms_soft_grouped(
             segs.float().cpu().contiguous(), scores.float().cpu().contiguous(), offsets,
-            float(iou_threshold), float(sigma), float(min_score), SOFT_NMS_METHODS[method])
+            float(iou_threshold), float(sigma), float(min_score), params.method)
         counts = counts.clamp(max=limit)
         return dets.to(segs.device), inds.to(segs.device), counts.to(segs.device)
-    rows, sel_scores, counts = nms_torch.soft_nms(
-        segs.float(), scores.float(), offsets, _soft_params(iou_threshold, sigma, min_score, method),
-        limit, top_total)
+    rows, sel_scores, counts = nms_torch.soft_nms(segs.float(), scores.float(), offsets, params,
+                                                  limit, top_total)
     # the kernel's layout: group g's selections at offsets[g], offsets[g] + 1, ...
-    group = torch.repeat_interleave(torch.arange(counts.numel(), device=segs.device), counts,
-                                    output_size=rows.numel())
-    at = offsets.to(segs.device)[group] + torch.arange(rows.numel(), device=segs.device) \
-        - (counts.cumsum(0) - counts)[group]
+    at = _first_rows(offsets, counts, segs.shape[0])
     dets = segs.new_zeros(segs.shape[0], 3, dtype=torch.float32)
     inds = torch.full((segs.shape[0],), -1, dtype=torch.long, device=segs.device)
     dets[at, :2], dets[at, 2], inds[at] = segs[rows].float(), sel_scores, rows
@@ -200,6 +194,10 @@ def soft_nms_grouped(segs: torch.Tensor, scores: torch.Tensor, offsets: torch.Te
 
 def _soft_params(iou_threshold: float, sigma: float, min_score: float, method: str
                  ) -> SoftParams:
+    """The PyTorch kernel's arguments (rounded to float32, as the C++ kernel's are)."""
+    if method not in SOFT_NMS_METHODS:
+        raise ValueError(f"soft-NMS method must be one of {sorted(SOFT_NMS_METHODS)}, "
+                         f"got {method!r}")
     return SoftParams(f32(iou_threshold), f32(sigma), f32(min_score), SOFT_NMS_METHODS[method])
 
 
@@ -240,14 +238,14 @@ def _first_rows(offsets: torch.Tensor, counts: torch.Tensor, limit: int) -> torc
 
 def _soft_nms_selections(segs, scores, cls_idxs, offsets, iou_threshold, sigma, min_score,
                          soft_method, backend, cap, top_total):
-    """Soft-NMS per group, the first ``cap`` selections of each: segs, scores, classes."""
-    if not _use_cpp(backend, segs.device) and soft_method in SOFT_NMS_METHODS:
-        rows, sel_scores, _ = nms_torch.soft_nms(
-            segs, scores, offsets, _soft_params(iou_threshold, sigma, min_score, soft_method),
-            cap, top_total)
+    """Soft-NMS per group, the first ``cap`` selections of each: segs, scores, classes
+    (the PyTorch kernel's selections as they come, the C++ kernel's out of its layout)."""
+    params = _soft_params(iou_threshold, sigma, min_score, soft_method)
+    if not _use_cpp(backend, segs.device):
+        rows, sel_scores, _ = nms_torch.soft_nms(segs, scores, offsets, params, cap, top_total)
         return segs[rows], sel_scores, cls_idxs[rows]
     dets, inds, counts = soft_nms_grouped(segs, scores, offsets, iou_threshold, sigma,
-                                          min_score, soft_method, backend, cap, top_total)
+                                          min_score, soft_method, "cpp", cap)
     take = _first_rows(offsets, counts, cap).to(segs.device)
     return dets[take, :2], dets[take, 2], cls_idxs[inds[take]]
 
