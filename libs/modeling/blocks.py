@@ -14,7 +14,8 @@ keys anyway, and every masked output is zero there.
 
 Memory layout (GitHub issue #7). Shapes stay ``B×C×T``, but the fast paths keep the *memory*
 channels-last (strides ``(T·C, 1, C)``, i.e. a ``B×T×C`` buffer seen through ``transpose(1, 2)``):
-1×1 convolutions become one GEMM (``F.linear``), LayerNorm becomes the fused ``F.layer_norm``,
+1×1 convolutions become one GEMM (``F.linear``; in float32 on the CPU a oneDNN NHWC
+convolution, faster there), LayerNorm becomes the fused ``F.layer_norm``,
 depthwise convolutions, max-pools and k-tap convolutions after a LayerNorm run channels-last
 (NHWC); element-wise ops keep the layout. Only the first embedding convolution reads the model's
 channel-first features as they are. Local attention is an O(T·w) band (:func:`local_attention`).
@@ -218,10 +219,10 @@ class FastConv1d(nn.Conv1d):
     forward: x ``B×C_in×T`` (any layout) -> ``B×C_out×T/stride``. 1×1 kernels run as one GEMM
     on the (strided) steps, except in float32 on the CPU; those, depthwise kernels, and dense
     k-tap kernels on channels-last input (head and second embedding convs, after a LayerNorm)
-    run as a channels-last (NHWC) 2-D conv; all of these return channels-last memory. A dense kernel on channel-first input (the raw
-    features) stays a channel-first ``conv1d``. Measured on this CPU (fp32 and bf16, forward and
-    backward), each beats both the other layout and a GEMM over a k-step window. Strided
-    depthwise kernels in bf16 / fp16 on the CPU take
+    run as a channels-last (NHWC) 2-D conv; all of these return channels-last memory. A dense
+    kernel on channel-first input (the raw features) stays a channel-first ``conv1d``. Measured
+    on this CPU (fp32 and bf16, forward and backward), each beats both the other layout and a
+    GEMM over a k-step window. Strided depthwise kernels in bf16 / fp16 on the CPU take
     :func:`~libs.modeling.kernels.strided_depthwise_conv` (same numbers, a 10x faster backward).
     """
 
